@@ -1,0 +1,23 @@
+"""srft_peft: Significance-Regularized Fine-Tuning for RGB-pretrained ViT trackers on RGB-X data.
+
+Example:
+    >>> from srft_peft import SRFTConfig, get_srft_model
+    >>> SRFTConfig().apply
+    'grad'
+"""
+
+from .config import SRFTConfig
+from .model import SRFTModel, get_srft_model
+from .significance import DiagonalSignificance, KFACSignificance, PriorSignificance
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiagonalSignificance",
+    "KFACSignificance",
+    "PriorSignificance",
+    "SRFTConfig",
+    "SRFTModel",
+    "__version__",
+    "get_srft_model",
+]

@@ -1,0 +1,185 @@
+"""`SRFTModel` and `get_srft_model`: the peft-style entry point.
+
+Example:
+    >>> import timm, torch
+    >>> from srft_peft import SRFTConfig, get_srft_model
+    >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=8)
+    >>> srft = get_srft_model(vit, SRFTConfig(prior_rank=4, total_steps=10))
+    >>> _ = srft.estimate_prior([torch.randn(4, 3, 32, 32)], progress=False)
+    >>> opt = torch.optim.AdamW(srft.parameters(), lr=1e-3, weight_decay=0.0)
+    >>> srft.attach(opt)
+    >>> srft(torch.randn(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .config import SRFTConfig
+from .regularizer.engine import SRFTEngine
+from .significance.estimation import LossFn, estimate_prior_significance, model_loss
+from .significance.prior import PriorSignificance
+from .targeting import same_device_dtype, select_targets
+
+
+class SummaryTable(list):
+    """Rows of :meth:`SRFTModel.significance_summary`; ``str()`` renders an aligned table."""
+
+    columns = ("name", "kind", "rank", "retained_energy", "mean", "max", "parameters", "source")
+
+    def __str__(self) -> str:
+        def fmt(value: Any) -> str:
+            return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+        cells = [list(self.columns)] + [[fmt(row[c]) for c in self.columns] for row in self]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+        return "\n".join([lines[0], "-" * len(lines[0])] + lines[1:])
+
+
+class SRFTModel(nn.Module):
+    """A model under Significance-Regularized Fine-Tuning. Calls and attributes go to the wrapped model.
+
+    Use :func:`get_srft_model` to build one. The regularized parameters are the model's own (no copy); SRFT's state
+    (significance, anchors, statistics, step) is kept outside the module's parameters and buffers, so DDP does not
+    broadcast it and ``state_dict()`` holds only the model.
+    """
+
+    def __init__(self, model: nn.Module, config: SRFTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, SRFTConfig):
+            raise TypeError(f"config must be an SRFTConfig, got {type(config).__name__}")
+        self.base_model = model
+        targets = select_targets(model, config.target_modules, config.exclude_modules, config.prior_estimator)
+        same_device_dtype(targets)
+        object.__setattr__(self, "srft_config", config)
+        object.__setattr__(self, "_engine", SRFTEngine(config, targets))
+        object.__setattr__(self, "_warned_unattached", False)
+
+    # --- attribute forwarding (like peft) ---------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped model, with its (fine-tuned) weights."""
+        return self.base_model
+
+    # --- forward ----------------------------------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``model(*args, **kwargs)``; with ``apply="loss"`` in training, ``lambda_p(t) R_prior`` is added to ``.loss``."""
+        out = self.base_model(*args, **kwargs)
+        if self.training and torch.is_grad_enabled():
+            engine = self._engine
+            if not engine.attached and not self._warned_unattached:
+                object.__setattr__(self, "_warned_unattached", True)
+                warnings.warn("SRFT: training forward without an attached optimizer; call srft.attach(optimizer) (or "
+                              "use SRFTCallback with transformers.Trainer) or no regularization is applied",
+                              stacklevel=2)
+            if self.srft_config.apply == "loss":
+                loss = model_loss(out)
+                if loss is not None:
+                    total = loss + engine.loss_term().to(loss.dtype)
+                    if isinstance(out, dict) or hasattr(out, "keys"):
+                        out["loss"] = total
+                    else:
+                        out.loss = total
+        return out
+
+    # --- the method -------------------------------------------------------------------------------------------------
+    def estimate_prior(self, dataloader: Iterable, loss_fn: Optional[LossFn] = None,
+                       num_batches: Optional[int] = None, progress: bool = True) -> PriorSignificance:
+        """Measure prior significance on pretraining-domain batches and anchor the prior at the current weights.
+
+        ``loss_fn(model, batch) -> scalar`` is the calibration objective (a batch mean); without it the model's
+        ``.loss`` is used when it returns one, else 1/2 ||f(x)||^2 (see ``calibration_objective``).
+        """
+        prior = estimate_prior_significance(self.base_model, self._engine.targets, dataloader, self.srft_config,
+                                            loss_fn=loss_fn, num_batches=num_batches, progress=progress)
+        self.set_prior(prior)
+        return prior
+
+    def set_prior(self, prior: PriorSignificance) -> None:
+        """Use an existing prior significance (e.g. loaded from a checkpoint), anchored at the current weights."""
+        self._engine.set_prior(prior)
+
+    @property
+    def prior(self) -> Optional[PriorSignificance]:
+        return self._engine.prior
+
+    def attach(self, optimizer: Any, total_steps: Optional[int] = None) -> None:
+        """Hook ``optimizer``: the prior gradient before each step, the transfer damping after it.
+
+        ``total_steps`` (T) overrides ``SRFTConfig.total_steps``. Works with wrapped optimizers such as accelerate's.
+        """
+        self._engine.attach(optimizer, total_steps)
+
+    def detach(self) -> None:
+        """Remove the optimizer hooks (the model and its weights stay as they are)."""
+        self._engine.detach()
+
+    def srft_loss(self) -> torch.Tensor:
+        """lambda_p(t) R_prior at the current weights, for hand-written loops with ``apply="loss"``."""
+        return self._engine.loss_term()
+
+    def prior_penalty(self) -> torch.Tensor:
+        """R_prior at the current weights (without lambda_p(t))."""
+        return self._engine.penalty()
+
+    @property
+    def kappa(self) -> float:
+        """kappa(t) at the current step."""
+        return self._engine.kappa()
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken under SRFT (saved and restored with the SRFT state)."""
+        return self._engine.step
+
+    @property
+    def regularized_parameters(self) -> list[str]:
+        return list(self._engine.names)
+
+    def significance_summary(self) -> SummaryTable:
+        """Per-parameter table: kind (kfac/diagonal), rank, retained energy, mean/max significance, parameters."""
+        if self._engine.prior is None:
+            raise RuntimeError("no prior significance yet: call srft.estimate_prior(...) or load one first")
+        return SummaryTable(self._engine.prior.summary_rows())
+
+    def srft_state_dict(self) -> dict[str, Any]:
+        """The training state of SRFT (step, T, statistics, anchors) for exact resumption."""
+        return self._engine.state_dict()
+
+    def load_srft_state_dict(self, state: dict[str, Any]) -> None:
+        self._engine.load_state_dict(state)
+
+    def print_trainable_parameters(self) -> None:
+        total = sum(p.numel() for p in self.base_model.parameters())
+        trainable = sum(p.numel() for p in self.base_model.parameters() if p.requires_grad)
+        regularized = sum(p.numel() for p in self._engine.params)
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+              f" || SRFT-regularized params: {regularized:,d}")
+
+
+def get_srft_model(model: nn.Module, config: Optional[SRFTConfig] = None) -> SRFTModel:
+    """Wrap ``model`` for SRFT. ``config=None`` uses ``SRFTConfig()`` (the backbone without its head).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> srft = get_srft_model(nn.Sequential(nn.Linear(3, 3)), SRFTConfig(target_modules=["0"]))
+        >>> srft.regularized_parameters
+        ['0.weight', '0.bias']
+    """
+    if isinstance(model, SRFTModel):
+        raise ValueError("the model is already an SRFTModel")
+    return SRFTModel(model, config if config is not None else SRFTConfig())

@@ -1,0 +1,232 @@
+"""`SRFTEngine`: runs the regularizer around each optimizer step.
+
+Before ``optimizer.step()`` (after unscaling, clipping and gradient synchronization):
+    1. grad += lambda_p(t) grad R_prior            (``apply="grad"``; fused, no autograd)
+    2. v <- beta v + (1 - beta) g^2                 (own statistics; skipped on non-finite gradients, no host sync)
+    3. theta_prev <- theta                          (only while gamma(t) > 0)
+After it:
+    4. theta <- theta - gamma(t) m (theta - theta_prev)
+    5. t <- t + 1
+
+An optimizer step that a GradScaler skips calls neither hook, so it changes no statistic and no counter.
+All per-element state lives in flat buffers (see `layout`); the hot path is a fixed number of ``_foreach`` ops and one
+batched matmul per group of same-shaped matrices, with no ``.item()``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+
+from ..config import SRFTConfig
+from ..schedule import coefficients, kappa
+from ..significance.prior import PriorSignificance
+from ..targeting import Target
+from .layout import FlatLayout
+from .prior_term import PriorTerm
+from .transfer import TransferTerm, ema_update_
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside wrappers such as accelerate's ``AcceleratedOptimizer``."""
+    inner = optimizer
+    while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
+        inner = inner.optimizer
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise TypeError(f"attach() needs a torch.optim.Optimizer (or a wrapper with .optimizer), got "
+                        f"{type(optimizer).__name__}")
+    return inner
+
+
+class SRFTEngine:
+    """State and per-step work of SRFT for a fixed list of regularized parameters."""
+
+    def __init__(self, config: SRFTConfig, targets: list[Target]) -> None:
+        self.config = config
+        self.targets = targets
+        self.params = [t.param for t in targets]
+        self.names = [t.name for t in targets]
+        self.prior: Optional[PriorSignificance] = None
+        self.prior_term: Optional[PriorTerm] = None
+        self.layout = FlatLayout.build(self.params, [None] * len(self.params))
+        self.transfer = TransferTerm(config, self.params)
+        self.step = 0
+        self.total_steps = config.total_steps
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.statistics: Optional[str] = None  # "own" | "optimizer", resolved by attach()
+        self.v_flat: Optional[torch.Tensor] = None
+        self._workspace: Optional[torch.Tensor] = None
+        self._handles: list[Any] = []
+        self._pending: Optional[tuple[float, float]] = None
+
+    # --- set-up -----------------------------------------------------------------------------------------------------
+    def set_prior(self, prior: PriorSignificance) -> None:
+        """Use ``prior`` from now on, anchored at the current weights; re-lays the flat buffers if needed."""
+        if self.step > 0:
+            warnings.warn(f"SRFT: the prior is set after {self.step} optimizer steps; the anchor theta0 becomes the "
+                          "current (already fine-tuned) weights", stacklevel=3)
+        term = PriorTerm(self.params, self.names, prior)
+        old_layout, old_v = self.layout, self.v_flat
+        self.prior, self.prior_term, self.layout = prior, term, term.layout
+        self._workspace = None
+        if old_v is not None:
+            self.v_flat = self.layout.new_buffer()
+            torch._foreach_copy_(self.layout.views(self.v_flat), old_layout.views(old_v))
+
+    def attach(self, optimizer: Any, total_steps: Optional[int] = None) -> None:
+        """Hook ``optimizer`` (pre-step: prior gradient, statistics, snapshot; post-step: transfer damping)."""
+        opt = unwrap_optimizer(optimizer)
+        in_optimizer = {id(p) for group in opt.param_groups for p in group["params"]}
+        missing = [n for n, p in zip(self.names, self.params) if id(p) not in in_optimizer]
+        if missing:
+            raise ValueError(f"regularized parameter {missing[0]!r} (and {len(missing) - 1} more) is not in the "
+                             "optimizer; build the optimizer from srft.parameters() or the same model")
+        decayed = [n for group in opt.param_groups if group.get("weight_decay", 0.0) > 0
+                   for n, p in zip(self.names, self.params) if any(p is q for q in group["params"])]
+        if decayed:
+            warnings.warn(f"SRFT: weight_decay > 0 on {len(decayed)} regularized parameters (e.g. {decayed[0]!r}) pulls "
+                          "them toward 0, not toward the pretrained weights theta0; consider weight_decay=0 for them",
+                          stacklevel=3)
+        if total_steps is not None:
+            if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+                raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+            self.total_steps = total_steps
+        kappa(self.config, 0, self.total_steps)  # raises now if the schedule needs total_steps
+        self.detach()
+        self.optimizer = opt
+        stats = self.config.transfer_statistics
+        if stats == "auto":
+            stats = "optimizer" if "betas" in opt.defaults and "Adam" in type(opt).__name__ else "own"
+        if stats == "optimizer" and "betas" not in opt.defaults:
+            raise ValueError(f"transfer_statistics='optimizer' needs an Adam-family optimizer with exp_avg_sq, got "
+                             f"{type(opt).__name__}")
+        self.statistics = stats
+        if stats == "own" and self.v_flat is None:
+            self.v_flat = self.layout.new_buffer()
+        self._handles = [opt.register_step_pre_hook(self._before_step),
+                         opt.register_step_post_hook(self._after_step)]
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.optimizer = None
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    # --- schedule ---------------------------------------------------------------------------------------------------
+    def kappa(self) -> float:
+        return kappa(self.config, self.step, self.total_steps)
+
+    def coefficients(self) -> tuple[float, float]:
+        """(lambda_p(t), gamma(t)) at the current step."""
+        return coefficients(self.config, self.step, self.total_steps)
+
+    # --- the penalty (loss mode and logging) ------------------------------------------------------------------------
+    def penalty(self) -> torch.Tensor:
+        """R_prior at the current weights (autograd graph); 0 without a prior."""
+        if self.prior_term is None:
+            return self.params[0].new_zeros((), dtype=torch.float32)
+        return self.prior_term.penalty(self.params)
+
+    def loss_term(self) -> torch.Tensor:
+        """lambda_p(t) R_prior, the term ``apply="loss"`` adds to the loss."""
+        lam = self.coefficients()[0] if self.prior_term is not None else 0.0
+        if lam == 0.0:
+            return self.params[0].new_zeros((), dtype=torch.float32)
+        return lam * self.penalty()
+
+    # --- per-step work ----------------------------------------------------------------------------------------------
+    def workspace(self) -> torch.Tensor:
+        if self._workspace is None:
+            self._workspace = self.layout.new_buffer()
+        return self._workspace
+
+    def _live(self) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
+        """Indices, parameters and gradients of the regularized parameters that have a gradient this step."""
+        index = [i for i, p in enumerate(self.params) if p.grad is not None]
+        return index, [self.params[i] for i in index], [self.params[i].grad for i in index]
+
+    @torch.no_grad()
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        lam, gamma = self.coefficients()
+        self._pending = (lam, gamma)
+        index, params, grads = self._live()
+        if not index:
+            return
+        ws = self.workspace()
+        views = self.layout.views(ws)
+        live_views = [views[i] for i in index]
+        if self.config.apply == "grad" and lam > 0.0 and self.prior_term is not None:
+            self.prior_term.gradient_into_(self.params, ws)
+            torch._foreach_add_(grads, live_views, alpha=lam)
+        if self.statistics == "own":
+            if len(index) < len(self.params):
+                ws.zero_()  # a parameter without a gradient this step counts as a zero gradient
+            torch._foreach_copy_(live_views, grads)
+            ema_update_(self.v_flat, ws, self.config.transfer_beta)
+        if gamma > 0.0:
+            torch._foreach_copy_(live_views, params)
+
+    @torch.no_grad()
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        lam, gamma = self._pending if self._pending is not None else self.coefficients()
+        self._pending = None
+        if gamma > 0.0:
+            index, params, grads = self._live()
+            if index:
+                v = self._statistics_for(index)
+                self.transfer.damping_into_(v, grads, self.step, gamma)  # gradients are dead after step: scratch
+                views = self.layout.views(self.workspace())
+                self.transfer.apply_(params, [views[i] for i in index], grads)
+        self.step += 1
+
+    def _statistics_for(self, index: Sequence[int]) -> list[torch.Tensor]:
+        if self.statistics == "own":
+            views = self.layout.views(self.v_flat)
+            return [views[i] for i in index]
+        state = self.optimizer.state
+        out = []
+        for i in index:
+            v = state.get(self.params[i], {}).get("exp_avg_sq")
+            out.append(v if v is not None else torch.zeros_like(self.params[i]))
+        return out
+
+    # --- state ------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: step, T, own statistics, rank-mode damping, anchors."""
+        tensors: dict[str, torch.Tensor] = {}
+        if self.v_flat is not None:
+            tensors["transfer.v"] = self.v_flat
+        if self.transfer.rank_m is not None:
+            for name, m in zip(self.names, self.transfer.rank_m):
+                tensors[f"transfer.rank_m.{name}"] = m
+        if self.prior_term is not None:
+            tensors.update({f"anchor.{k}": v for k, v in self.prior_term.state_tensors().items()})
+        return {"step": self.step, "total_steps": self.total_steps, "statistics": self.statistics,
+                "tensors": {k: v.detach().clone() for k, v in tensors.items()}}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        tensors = state.get("tensors", {})
+        if "transfer.v" in tensors:
+            v = tensors["transfer.v"]
+            if v.numel() != self.layout.numel:
+                raise ValueError(f"transfer.v has {v.numel()} elements, the regularized parameters {self.layout.numel}")
+            if self.v_flat is None:
+                self.v_flat = self.layout.new_buffer()
+            self.v_flat.copy_(v)
+        rank = [tensors.get(f"transfer.rank_m.{n}") for n in self.names]
+        self.transfer.rank_m = [m.to(p.device, p.dtype).clone() for m, p in zip(rank, self.params)] \
+            if all(m is not None for m in rank) else None
+        if self.prior_term is not None:
+            anchors = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}
+            if anchors:
+                self.prior_term.load_state_tensors(anchors)
+        self.step = int(state["step"])
+        self.total_steps = state.get("total_steps", self.total_steps)

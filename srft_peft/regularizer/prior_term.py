@@ -1,0 +1,102 @@
+"""The prior term R_prior: its value (autograd, for ``apply="loss"``) and its fused gradient (for ``apply="grad"``).
+
+K-FAC matrices: R(W) = 1/2 || sqrt(omega) * (U^T (W - W0) V) ||^2, grad = U (omega * (U^T W V - P0)) V^T, with
+P0 = U^T W0 V precomputed, so W0 itself is never stored. Matrices of one shape are one batched matmul.
+Other parameters: R(theta) = 1/2 sum F (theta - theta0)^2, grad = F (theta - theta0), with ``_foreach`` ops.
+
+Example:
+    >>> import torch
+    >>> from srft_peft.significance import DiagonalSignificance, PriorSignificance
+    >>> p = torch.nn.Parameter(torch.ones(3))
+    >>> term = PriorTerm([p], ["p"], PriorSignificance({"p": DiagonalSignificance("p", torch.full((3,), 2.0))}))
+    >>> with torch.no_grad(): _ = p.add_(1.0)
+    >>> float(term.penalty([p]))
+    3.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Optional
+
+import torch
+
+from ..significance.prior import DiagonalSignificance, KFACSignificance, PriorSignificance
+from .layout import FlatLayout
+
+
+def group_key(entry: KFACSignificance | DiagonalSignificance) -> Optional[Hashable]:
+    """Matrices with equal (m, n, k_out, k_in) share one batched matmul; None for diagonal entries."""
+    if isinstance(entry, KFACSignificance):
+        return (entry.U.shape[0], entry.V.shape[0], entry.U.shape[1], entry.V.shape[1])
+    return None
+
+
+class PriorTerm:
+    """R_prior over the regularized parameters, anchored at their values when it is built."""
+
+    def __init__(self, params: Sequence[torch.Tensor], names: Sequence[str], prior: PriorSignificance,
+                 layout: Optional[FlatLayout] = None) -> None:
+        missing = [n for n in names if n not in prior.entries]
+        if missing:
+            raise ValueError(f"the prior significance has no entry for parameter {missing[0]!r}")
+        entries = [prior.entries[n] for n in names]
+        self.layout = layout or FlatLayout.build(params, [group_key(e) for e in entries])
+        dtype = params[0].dtype
+        self.groups = []
+        with torch.no_grad():
+            for g in self.layout.groups:
+                members = [entries[i] for i in g.members]
+                U = torch.stack([e.U for e in members]).to(params[0].device, dtype)
+                V = torch.stack([e.V for e in members]).to(params[0].device, dtype)
+                omega = torch.stack([e.omega for e in members]).to(params[0].device, dtype)
+                W0 = torch.stack([params[i].detach().reshape(g.matrix) for i in g.members])
+                Ut, Vt = U.transpose(1, 2).contiguous(), V.transpose(1, 2).contiguous()
+                P0 = torch.bmm(torch.bmm(Ut, W0), V)
+                self.groups.append((g, U, Ut, V, Vt, omega, P0))
+            in_group = {i for g in self.layout.groups for i in g.members}
+            self.diag_index = [i for i in range(len(params)) if i not in in_group]
+            self.fisher = [entries[i].fisher.to(params[i].device, dtype).reshape(params[i].shape)
+                           for i in self.diag_index]
+            self.theta0 = [params[i].detach().clone() for i in self.diag_index]
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def penalty(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """R_prior(params) with autograd (used by ``apply="loss"`` and for logging)."""
+        total = params[0].new_zeros((), dtype=torch.float32)
+        for g, _U, Ut, V, _Vt, omega, P0 in self.groups:
+            W = torch.stack([params[i].reshape(g.matrix) for i in g.members])
+            T = torch.bmm(torch.bmm(Ut, W), V) - P0
+            total = total + 0.5 * (omega * T * T).sum(dtype=torch.float32)
+        for i, F, t0 in zip(self.diag_index, self.fisher, self.theta0):
+            d = params[i] - t0
+            total = total + 0.5 * (F * d * d).sum(dtype=torch.float32)
+        return total
+
+    @torch.no_grad()
+    def gradient_into_(self, params: Sequence[torch.Tensor], workspace: torch.Tensor) -> None:
+        """Write grad R_prior into ``workspace`` (a flat buffer in this term's layout), no autograd graph."""
+        views = self.layout.views(workspace)
+        torch._foreach_copy_(views, list(params))
+        for g, U, Ut, V, Vt, omega, P0 in self.groups:
+            W = g.stack(workspace)
+            M = torch.bmm(torch.bmm(Ut, W), V)
+            M.sub_(P0).mul_(omega)
+            torch.bmm(torch.bmm(U, M), Vt, out=W)
+        if self.diag_index:
+            diag_views = [views[i] for i in self.diag_index]
+            torch._foreach_sub_(diag_views, self.theta0)
+            torch._foreach_mul_(diag_views, self.fisher)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The anchor data this term holds (for training checkpoints): P0 per group and theta0 per diagonal parameter."""
+        out = {f"group{j}.P0": P0 for j, (*_, P0) in enumerate(self.groups)}
+        out.update({f"diag{k}.theta0": t for k, t in enumerate(self.theta0)})
+        return out
+
+    @torch.no_grad()
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        for j, group in enumerate(self.groups):
+            group[6].copy_(tensors[f"group{j}.P0"])
+        for k, t in enumerate(self.theta0):
+            t.copy_(tensors[f"diag{k}.theta0"])

@@ -1,0 +1,102 @@
+"""The transfer term: damp spiky updates after each optimizer step.
+
+v is an EMA of the squared gradient (or Adam's ``exp_avg_sq``). Spikiness s = v / mean(v) per tensor; the element
+factor r is ``clamp(s / spikiness_max, 0, 1)`` ('value') or the normalized rank of s in its tensor ('rank'); optionally
+times Hoyer(sqrt(v))^gamma per tensor. Damping m = m_min + (m_max - m_min) r, applied as the proximal step
+theta <- theta - gamma(t) m (theta - theta_prev), i.e. ``lerp(theta, theta_prev, gamma * m)``.
+
+Example:
+    >>> import torch
+    >>> from srft_peft import SRFTConfig
+    >>> v = [torch.tensor([1.0, 1.0, 4.0, 2.0])]
+    >>> rank_damping(v[0], SRFTConfig(transfer_mode="rank")).tolist()
+    [0.25, 0.38333332538604736, 0.6499999761581055, 0.5166666507720947]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..config import SRFTConfig
+
+
+def rank_damping(v: torch.Tensor, config: SRFTConfig) -> torch.Tensor:
+    """Damping m for one tensor in 'rank' mode: linspace(m_min, m_max) mapped by the rank of v.
+
+    ``rank_mapping="scatter"`` gives the k-th smallest element the k-th value; ``"gather"`` reproduces the authors'
+    released code, which indexes the linspace with the sort order instead.
+    """
+    flat = v.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    lin = torch.linspace(config.damping_min, config.damping_max, flat.numel(), device=v.device, dtype=v.dtype)
+    if config.rank_mapping == "gather":
+        m = lin[order]
+    else:
+        m = torch.empty_like(flat).scatter_(0, order, lin)
+    return m.view_as(v)
+
+
+def hoyer_sparsity(v: Sequence[torch.Tensor], scratch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Hoyer measure of sqrt(v) per tensor, (sqrt(N) - |x|_1/|x|_2) / (sqrt(N) - 1), as one (P,) tensor. Uses
+    ``scratch`` (same shapes as v) as workspace."""
+    torch._foreach_copy_(list(scratch), list(v))
+    torch._foreach_sqrt_(list(scratch))
+    l1 = torch.stack(torch._foreach_norm(list(scratch), 1))
+    l2 = torch.stack(torch._foreach_norm(list(v), 1)).sqrt()
+    n = torch.tensor([float(t.numel()) for t in v], device=l1.device, dtype=l1.dtype).sqrt()
+    ratio = torch.where(l2 > 0, l1 / l2.clamp_min(1e-30), n)
+    return torch.where(n > 1, (n - ratio) / (n - 1).clamp_min(1e-12), torch.ones_like(n)).clamp(0, 1)
+
+
+class TransferTerm:
+    """Per-element damping of the optimizer's step, driven by the squared-gradient statistics v."""
+
+    def __init__(self, config: SRFTConfig, params: Sequence[torch.Tensor]) -> None:
+        self.config = config
+        numels = [p.numel() for p in params]
+        device = params[0].device
+        self._numel = torch.tensor(numels, device=device, dtype=torch.float32)
+        self.rank_m: list[torch.Tensor] | None = None  # 'rank' mode: the damping m, refreshed every rank_interval
+
+    @torch.no_grad()
+    def damping_into_(self, v: Sequence[torch.Tensor], out: Sequence[torch.Tensor], step: int, gamma: float) -> None:
+        """Write gamma * m for every element into ``out`` (tensors shaped like v)."""
+        cfg = self.config
+        out = list(out)
+        if cfg.transfer_mode == "rank":
+            if self.rank_m is None or step % cfg.rank_interval == 0:
+                self.rank_m = [rank_damping(t, cfg) for t in v]
+            torch._foreach_copy_(out, self.rank_m)
+            if cfg.sparsity_gamma > 0:
+                h = hoyer_sparsity(v, out).pow(cfg.sparsity_gamma)
+                torch._foreach_copy_(out, self.rank_m)
+                torch._foreach_sub_(out, cfg.damping_min)
+                torch._foreach_mul_(out, list(h.unbind(0)))
+                torch._foreach_add_(out, cfg.damping_min)
+            torch._foreach_mul_(out, gamma)
+            return
+        sums = torch.stack(torch._foreach_norm(list(v), 1)).float()
+        scale = self._numel.to(sums.device) / (sums * cfg.spikiness_max).clamp_min(1e-30)
+        if cfg.sparsity_gamma > 0:
+            scale = scale * hoyer_sparsity(v, out).pow(cfg.sparsity_gamma)
+        torch._foreach_copy_(out, list(v))
+        torch._foreach_mul_(out, list(scale.to(out[0].dtype).unbind(0)))
+        torch._foreach_clamp_max_(out, 1.0)
+        torch._foreach_mul_(out, gamma * (cfg.damping_max - cfg.damping_min))
+        torch._foreach_add_(out, gamma * cfg.damping_min)
+
+    @torch.no_grad()
+    def apply_(self, params: Sequence[torch.Tensor], previous: Sequence[torch.Tensor],
+               weights: Sequence[torch.Tensor]) -> None:
+        """theta <- theta - w (theta - theta_prev) with w = gamma * m."""
+        torch._foreach_lerp_(list(params), list(previous), list(weights))
+
+
+def ema_update_(v_flat: torch.Tensor, grad_sq_flat: torch.Tensor, beta: float) -> None:
+    """v <- beta v + (1 - beta) g^2, unless some gradient is non-finite (then v is left as it is). No host sync:
+    ``grad_sq_flat`` holds the gradients on entry and is used as workspace."""
+    finite = torch.isfinite(grad_sq_flat).all()
+    grad_sq_flat.mul_(grad_sq_flat).mul_(1.0 - beta).add_(v_flat, alpha=beta)
+    torch.where(finite, grad_sq_flat, v_flat, out=v_flat)
