@@ -181,7 +181,7 @@ class SRFTEngine:
             index, params, grads = self._live()
             if index:
                 v = self._statistics_for(index)
-                self.transfer.damping_into_(v, grads, self.step, gamma)  # gradients are dead after step: scratch
+                self.transfer.damping_into_(index, v, grads, self.step, gamma)  # gradients are dead after step: scratch
                 views = self.layout.views(self.workspace())
                 self.transfer.apply_(params, [views[i] for i in index], grads)
         self.step += 1
@@ -203,9 +203,8 @@ class SRFTEngine:
         tensors: dict[str, torch.Tensor] = {}
         if self.v_flat is not None:
             tensors["transfer.v"] = self.v_flat
-        if self.transfer.rank_m is not None:
-            for name, m in zip(self.names, self.transfer.rank_m):
-                tensors[f"transfer.rank_m.{name}"] = m
+        for i, m in self.transfer.rank_m.items():
+            tensors[f"transfer.rank_m.{self.names[i]}"] = m
         if self.prior_term is not None:
             tensors.update({f"anchor.{k}": v for k, v in self.prior_term.state_tensors().items()})
         return {"step": self.step, "total_steps": self.total_steps, "statistics": self.statistics,
@@ -221,9 +220,9 @@ class SRFTEngine:
             if self.v_flat is None:
                 self.v_flat = self.layout.new_buffer()
             self.v_flat.copy_(v)
-        rank = [tensors.get(f"transfer.rank_m.{n}") for n in self.names]
-        self.transfer.rank_m = [m.to(p.device, p.dtype).clone() for m, p in zip(rank, self.params)] \
-            if all(m is not None for m in rank) else None
+        self.transfer.rank_m = {i: tensors[f"transfer.rank_m.{n}"].to(p.device, p.dtype).clone()
+                                for i, (n, p) in enumerate(zip(self.names, self.params))
+                                if f"transfer.rank_m.{n}" in tensors}
         if self.prior_term is not None:
             anchors = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}
             if anchors:

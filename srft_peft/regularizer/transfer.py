@@ -9,8 +9,8 @@ Example:
     >>> import torch
     >>> from srft_peft import SRFTConfig
     >>> v = [torch.tensor([1.0, 1.0, 4.0, 2.0])]
-    >>> rank_damping(v[0], SRFTConfig(transfer_mode="rank")).tolist()
-    [0.25, 0.38333332538604736, 0.6499999761581055, 0.5166666507720947]
+    >>> [round(m, 4) for m in rank_damping(v[0], SRFTConfig(transfer_mode="rank")).tolist()]
+    [0.25, 0.3833, 0.65, 0.5167]
 """
 
 from __future__ import annotations
@@ -55,30 +55,36 @@ class TransferTerm:
 
     def __init__(self, config: SRFTConfig, params: Sequence[torch.Tensor]) -> None:
         self.config = config
-        numels = [p.numel() for p in params]
-        device = params[0].device
-        self._numel = torch.tensor(numels, device=device, dtype=torch.float32)
-        self.rank_m: list[torch.Tensor] | None = None  # 'rank' mode: the damping m, refreshed every rank_interval
+        self._numels = [p.numel() for p in params]
+        self._numel_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self.rank_m: dict[int, torch.Tensor] = {}  # 'rank' mode: parameter index -> m, refreshed every rank_interval
 
     @torch.no_grad()
-    def damping_into_(self, v: Sequence[torch.Tensor], out: Sequence[torch.Tensor], step: int, gamma: float) -> None:
-        """Write gamma * m for every element into ``out`` (tensors shaped like v)."""
+    def damping_into_(self, index: Sequence[int], v: Sequence[torch.Tensor], out: Sequence[torch.Tensor], step: int,
+                      gamma: float) -> None:
+        """Write gamma * m into ``out`` for the parameters at ``index`` (``v`` and ``out`` are theirs)."""
         cfg = self.config
         out = list(out)
         if cfg.transfer_mode == "rank":
-            if self.rank_m is None or step % cfg.rank_interval == 0:
-                self.rank_m = [rank_damping(t, cfg) for t in v]
-            torch._foreach_copy_(out, self.rank_m)
+            refresh = step % cfg.rank_interval == 0
+            for i, t in zip(index, v):
+                if refresh or i not in self.rank_m:
+                    self.rank_m[i] = rank_damping(t, cfg)
+            rank_m = [self.rank_m[i] for i in index]
+            torch._foreach_copy_(out, rank_m)
             if cfg.sparsity_gamma > 0:
                 h = hoyer_sparsity(v, out).pow(cfg.sparsity_gamma)
-                torch._foreach_copy_(out, self.rank_m)
+                torch._foreach_copy_(out, rank_m)
                 torch._foreach_sub_(out, cfg.damping_min)
                 torch._foreach_mul_(out, list(h.unbind(0)))
                 torch._foreach_add_(out, cfg.damping_min)
             torch._foreach_mul_(out, gamma)
             return
         sums = torch.stack(torch._foreach_norm(list(v), 1)).float()
-        scale = self._numel.to(sums.device) / (sums * cfg.spikiness_max).clamp_min(1e-30)
+        key = tuple(index)
+        if key not in self._numel_cache:
+            self._numel_cache = {key: torch.tensor([float(self._numels[i]) for i in index], device=sums.device)}
+        scale = self._numel_cache[key] / (sums * cfg.spikiness_max).clamp_min(1e-30)
         if cfg.sparsity_gamma > 0:
             scale = scale * hoyer_sparsity(v, out).pow(cfg.sparsity_gamma)
         torch._foreach_copy_(out, list(v))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -88,13 +89,20 @@ def calibration_objective(model: nn.Module, batch: Any, config: SRFTConfig,
 
 
 class _Accumulator:
-    """Running sums for one hooked module."""
+    """Running K-FAC sums of one hooked module: sum a a^T, sum g g^T, and (tokens, examples) counts."""
 
     def __init__(self) -> None:
         self.A: Optional[torch.Tensor] = None
         self.S: Optional[torch.Tensor] = None
-        self.tokens = 0
-        self.examples = 0
+        self.counts = torch.zeros(2, dtype=torch.float64)
+
+    def add(self, a_tok: torch.Tensor, g_tok: torch.Tensor, dtype: torch.dtype) -> None:
+        a2, g2 = a_tok.reshape(-1, a_tok.shape[-1]), g_tok.reshape(-1, g_tok.shape[-1])
+        A, S = (a2.T @ a2).to(dtype), (g2.T @ g2).to(dtype)
+        self.A = A if self.A is None else self.A + A
+        self.S = S if self.S is None else self.S + S
+        self.counts = self.counts.to(A.device)
+        self.counts += torch.tensor([a2.shape[0], a_tok.shape[0]], dtype=torch.float64, device=A.device)
 
 
 def _as_tokens(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,23 +135,24 @@ def _all_reduce_(tensors: Iterable[torch.Tensor]) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
-def estimate_prior_significance(model: nn.Module, targets: list[Target], dataloader: Iterable, config: SRFTConfig,
-                                loss_fn: Optional[LossFn] = None, num_batches: Optional[int] = None,
-                                progress: bool = True) -> PriorSignificance:
-    """Estimate the prior significance of ``targets`` at the model's current weights.
+@dataclass
+class CalibrationStatistics:
+    """Raw calibration sums turned into expectations: K-FAC factors per matrix, diagonal Fisher per other tensor."""
 
-    The model runs in eval mode (no dropout) during calibration and is put back in its previous mode afterwards.
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (A, S)
+    fisher: dict[str, torch.Tensor]
+    sources: dict[str, str]  # name -> "per_example" | "per_batch"
+    num_examples: int
+    num_batches: int
+    objective: str
 
-    Example:
-        >>> import torch, torch.nn as nn
-        >>> from srft_peft import SRFTConfig
-        >>> from srft_peft.targeting import select_targets
-        >>> net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-        >>> cfg = SRFTConfig(target_modules=["0"], prior_rank=2)
-        >>> prior = estimate_prior_significance(net, select_targets(net, ["0"], None), [torch.randn(16, 4)], cfg,
-        ...                                     progress=False)
-        >>> prior.entries["0.weight"].U.shape
-        torch.Size([8, 2])
+
+def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iterable, config: SRFTConfig,
+                       loss_fn: Optional[LossFn] = None, num_batches: Optional[int] = None,
+                       progress: bool = True) -> CalibrationStatistics:
+    """Run the calibration passes and return the K-FAC factors and diagonal Fisher of ``targets``.
+
+    The model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
     """
     factor_dtype = getattr(torch, config.factor_dtype)
     kfac_modules = {id(t.module): t for t in targets if t.kind == "kfac"}
@@ -153,19 +162,15 @@ def estimate_prior_significance(model: nn.Module, targets: list[Target], dataloa
         if t.kind != "diagonal":
             continue
         local = t.name[len(t.module_name) + 1:] if t.module_name else t.name
-        exact = (isinstance(t.module, (nn.Linear, nn.Conv2d)) and local in ("weight", "bias")) or (
-            isinstance(t.module, nn.LayerNorm) and local in ("weight", "bias"))
+        exact = isinstance(t.module, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and local in ("weight", "bias")
         if isinstance(t.module, nn.Conv2d) and not isinstance(t.module.padding, tuple):
             exact = False
         if exact:
             per_example_diag.setdefault(id(t.module), []).append(t)
         else:
             per_batch.append(t)
-
-    hooked: dict[int, nn.Module] = {}
-    for t in targets:
-        if id(t.module) in kfac_modules or id(t.module) in per_example_diag:
-            hooked[id(t.module)] = t.module
+    hooked = {id(t.module): t.module for t in targets
+              if id(t.module) in kfac_modules or id(t.module) in per_example_diag}
 
     accumulators = {key: _Accumulator() for key in kfac_modules}
     fisher_sums = {t.name: torch.zeros_like(t.param, dtype=torch.float32) for t in targets if t.kind == "diagonal"}
@@ -190,8 +195,7 @@ def estimate_prior_significance(model: nn.Module, targets: list[Target], dataloa
                 objective, objective_name = calibration_objective(model, batch, config, loss_fn)
                 if objective.dim() != 0:
                     raise ValueError(f"the calibration objective must be a scalar, got shape {tuple(objective.shape)}")
-                outputs = [y for _, _, y in records]
-                inputs = outputs + [t.param for t in per_batch]
+                inputs = [y for _, _, y in records] + [t.param for t in per_batch]
                 grads = torch.autograd.grad(objective, inputs, allow_unused=True) if inputs else []
             batch_size = None
             for (module, a, _), g in zip(records, grads[:len(records)]):
@@ -202,14 +206,7 @@ def estimate_prior_significance(model: nn.Module, targets: list[Target], dataloa
                 a_tok, g_tok = _as_tokens(module, a.float(), g.float() * B)
                 key = id(module)
                 if key in accumulators:
-                    acc = accumulators[key]
-                    a2, g2 = a_tok.reshape(-1, a_tok.shape[-1]), g_tok.reshape(-1, g_tok.shape[-1])
-                    A = (a2.T @ a2).to(factor_dtype)
-                    S = (g2.T @ g2).to(factor_dtype)
-                    acc.A = A if acc.A is None else acc.A + A
-                    acc.S = S if acc.S is None else acc.S + S
-                    acc.tokens += a2.shape[0]
-                    acc.examples += B
+                    accumulators[key].add(a_tok, g_tok, factor_dtype)
                 for t in per_example_diag.get(key, []):
                     if t.name.endswith("bias"):
                         fisher_sums[t.name] += g_tok.sum(1).pow(2).sum(0)
@@ -235,37 +232,65 @@ def estimate_prior_significance(model: nn.Module, targets: list[Target], dataloa
         raise ValueError("estimate_prior got no calibration batch: the dataloader is empty (or num_batches=0)")
 
     # one all-reduce of every sum: several processes give the single-process result over the union of their shards
-    counts = torch.tensor([examples, batches], dtype=torch.float64, device=targets[0].param.device)
+    device = targets[0].param.device
+    counts = torch.tensor([examples, batches], dtype=torch.float64, device=device)
     sums = [counts] + list(fisher_sums.values())
     for acc in accumulators.values():
-        if acc.A is None:
-            continue
-        acc_counts = torch.tensor([acc.tokens, acc.examples], dtype=factor_dtype, device=acc.A.device)
-        acc.A, acc.S = acc.A.contiguous(), acc.S.contiguous()
-        acc.counts = acc_counts  # type: ignore[attr-defined]
-        sums += [acc.A, acc.S, acc_counts]
+        if acc.A is None:  # a module some rank never called still takes part in the reduction
+            t = kfac_modules[next(k for k, a in accumulators.items() if a is acc)]
+            m, n = t.matrix_shape
+            acc.A = torch.zeros(n, n, dtype=factor_dtype, device=device)
+            acc.S = torch.zeros(m, m, dtype=factor_dtype, device=device)
+        sums += [acc.A, acc.S, acc.counts]
     _all_reduce_(sums)
     examples, batches = int(counts[0]), int(counts[1])
 
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, acc in accumulators.items():
+        t = kfac_modules[key]
+        tokens, n_examples = float(acc.counts[0]), float(acc.counts[1])
+        if tokens == 0:
+            raise ValueError(f"module {t.module_name!r} (parameter {t.name!r}) was never called with gradients "
+                             "during calibration; exclude it with exclude_modules or check the loss_fn")
+        factors[t.name] = (acc.A / tokens, acc.S / n_examples)
+    per_batch_names = {t.name for t in per_batch}
+    sources = {name: ("per_batch" if name in per_batch_names else "per_example") for name in fisher_sums}
+    fisher = {name: total / (batches if sources[name] == "per_batch" else examples)
+              for name, total in fisher_sums.items()}
+    return CalibrationStatistics(factors, fisher, sources, examples, batches, objective_name)
+
+
+def estimate_prior_significance(model: nn.Module, targets: list[Target], dataloader: Iterable, config: SRFTConfig,
+                                loss_fn: Optional[LossFn] = None, num_batches: Optional[int] = None,
+                                progress: bool = True) -> PriorSignificance:
+    """Estimate the prior significance of ``targets`` at the model's current weights.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from srft_peft import SRFTConfig
+        >>> from srft_peft.targeting import select_targets
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        >>> cfg = SRFTConfig(target_modules=["0"], prior_rank=2)
+        >>> prior = estimate_prior_significance(net, select_targets(net, ["0"], None), [torch.randn(16, 4)], cfg,
+        ...                                     progress=False)
+        >>> prior.entries["0.weight"].U.shape
+        torch.Size([8, 2])
+    """
+    stats = collect_statistics(model, targets, dataloader, config, loss_fn, num_batches, progress)
     entries: dict[str, KFACSignificance | DiagonalSignificance] = {}
     for t in targets:
-        if t.kind == "kfac":
-            acc = accumulators[id(t.module)]
-            if acc.A is None:
-                raise ValueError(f"module {t.module_name!r} (parameter {t.name!r}) was never called with gradients "
-                                 "during calibration; exclude it with exclude_modules or check the loss_fn")
-            tokens, n_examples = float(acc.counts[0]), float(acc.counts[1])  # type: ignore[attr-defined]
-            entries[t.name] = KFACSignificance.from_factors(
-                t.name, acc.A / tokens, acc.S / n_examples, config.prior_rank, config.prior_energy, config.damping)
+        if t.name in stats.factors:
+            A, S = stats.factors[t.name]
+            entries[t.name] = KFACSignificance.from_factors(t.name, A, S, config.prior_rank, config.prior_energy,
+                                                            config.damping)
         else:
-            source = "per_batch" if any(t is p for p in per_batch) else "per_example"
-            fisher = fisher_sums[t.name] / (batches if source == "per_batch" else examples)
-            entries[t.name] = DiagonalSignificance(t.name, fisher, source)
+            entries[t.name] = DiagonalSignificance(t.name, stats.fisher[t.name], stats.sources[t.name])
     unused = [name for name, e in entries.items() if isinstance(e, DiagonalSignificance) and not e.fisher.any()]
     if unused:
         warnings.warn(f"SRFT: no calibration gradient reached {unused[:5]}{' ...' if len(unused) > 5 else ''}; their "
                       "prior significance is zero", stacklevel=2)
-    prior = PriorSignificance(entries, num_examples=examples, num_batches=batches, objective=objective_name)
+    prior = PriorSignificance(entries, num_examples=stats.num_examples, num_batches=stats.num_batches,
+                              objective=stats.objective)
     return prior.normalize()
 
 

@@ -1,0 +1,122 @@
+"""Prior significance: the hooked K-FAC factors and the diagonal Fisher against brute-force references."""
+
+import pytest
+import torch
+from torch.func import functional_call, grad, vmap
+
+from srft_peft import SRFTConfig, get_srft_model
+from srft_peft.significance.estimation import collect_statistics
+from srft_peft.significance.prior import KFACSignificance
+from srft_peft.targeting import select_targets
+
+
+def per_example_loss(model, x):
+    return 0.5 * model(x).pow(2).sum()
+
+
+def test_kfac_factors_equal_brute_force(token_mlp, token_batches):
+    cfg = SRFTConfig(target_modules=["fc1", "fc2"])
+    targets = select_targets(token_mlp, cfg.target_modules, None)
+    stats = collect_statistics(token_mlp, targets, token_batches, cfg, progress=False)
+
+    # brute force: every example's own loss, its gradient w.r.t. each layer output, every token a sample
+    acts = {}
+    for name in ("fc1", "fc2"):
+        getattr(token_mlp, name).register_forward_hook(lambda m, a, y, n=name: acts.__setitem__(n, (a[0], y)))
+    A = {n: 0 for n in acts or ("fc1", "fc2")}
+    S = {n: 0 for n in ("fc1", "fc2")}
+    tokens = examples = 0
+    for batch in token_batches:
+        for x in batch:
+            token_mlp.zero_grad()
+            loss = per_example_loss(token_mlp, x[None])
+            ys = [acts[n][1] for n in ("fc1", "fc2")]
+            gs = torch.autograd.grad(loss, ys)
+            for n, g in zip(("fc1", "fc2"), gs):
+                a = acts[n][0].reshape(-1, acts[n][0].shape[-1]).double()
+                g = g.reshape(-1, g.shape[-1]).double()
+                A[n] = A[n] + a.T @ a
+                S[n] = S[n] + g.T @ g
+            tokens += x.shape[0]
+            examples += 1
+    for n in ("fc1", "fc2"):
+        got_A, got_S = stats.factors[f"{n}.weight"]
+        torch.testing.assert_close(got_A, A[n] / tokens, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got_S, S[n] / examples, rtol=1e-5, atol=1e-7)
+    assert stats.num_examples == 6 and stats.num_batches == 2 and stats.objective == "output_norm"
+
+
+def test_diagonal_fisher_equals_torch_func_per_sample(token_mlp, token_batches):
+    cfg = SRFTConfig(target_modules=None, prior_estimator="diagonal")
+    targets = select_targets(token_mlp, None, None, "diagonal")
+    stats = collect_statistics(token_mlp, targets, token_batches, cfg, progress=False)
+    params = {k: v.detach() for k, v in token_mlp.named_parameters()}
+
+    def loss(p, x):
+        return 0.5 * functional_call(token_mlp, p, (x[None],)).pow(2).sum()
+
+    per_sample = [vmap(grad(loss), in_dims=(None, 0))(params, b) for b in token_batches]
+    for name in ("fc1.weight", "fc1.bias", "norm.weight", "norm.bias", "fc2.weight", "fc2.bias"):
+        ref = torch.cat([g[name] for g in per_sample]).pow(2).mean(0)
+        torch.testing.assert_close(stats.fisher[name], ref, rtol=1e-4, atol=1e-7)
+        assert stats.sources[name] == "per_example"
+    # a free parameter has no per-example rule: B * (batch gradient)^2, averaged over batches
+    batch_grads = [torch.autograd.grad(0.5 * token_mlp(b).pow(2).sum(dim=(1, 2)).mean(), token_mlp.pos)[0]
+                   for b in token_batches]
+    ref = sum(3 * g.pow(2) for g in batch_grads) / 2
+    torch.testing.assert_close(stats.fisher["pos"], ref, rtol=1e-4, atol=1e-8)
+    assert stats.sources["pos"] == "per_batch"
+
+
+def test_model_grads_untouched_and_mode_restored(token_mlp, token_batches):
+    srft = get_srft_model(token_mlp, SRFTConfig(target_modules=None, prior_rank=2))
+    token_mlp.train()
+    srft.estimate_prior(token_batches, progress=False)
+    assert all(p.grad is None for p in token_mlp.parameters())
+    assert token_mlp.training
+
+
+def test_truncation_by_rank_and_energy():
+    torch.manual_seed(0)
+    X = torch.randn(50, 6)
+    A = X.T @ X / 50
+    Y = torch.randn(50, 4) * torch.tensor([3.0, 1.0, 0.3, 0.1])
+    S = Y.T @ Y / 50
+    sig = KFACSignificance.from_factors("w", A, S, rank=2, energy=None)
+    assert sig.U.shape == (4, 2) and sig.V.shape == (6, 2) and sig.omega.shape == (2, 2)
+    alpha = torch.linalg.eigvalsh(A.double()).flip(0)
+    sigma = torch.linalg.eigvalsh(S.double()).flip(0)
+    torch.testing.assert_close(sig.omega.double(), torch.outer(sigma[:2], alpha[:2]), rtol=1e-5, atol=1e-8)
+    # energy: the fewest directions holding 90 % of each trace
+    e = KFACSignificance.from_factors("w", A, S, rank=None, energy=0.9)
+    need = lambda ev: int((torch.cumsum(ev, 0) / ev.sum() < 0.9).sum()) + 1  # noqa: E731
+    assert e.rank == (need(sigma), need(alpha))
+    capped = KFACSignificance.from_factors("w", A, S, rank=1, energy=0.9)
+    assert capped.rank == (1, 1)
+    # eigenvectors orient: S U = U diag(sigma)
+    torch.testing.assert_close(S.double() @ sig.U.double(), sig.U.double() * sigma[:2], rtol=1e-4, atol=1e-6)
+
+
+def test_normalizer_makes_mean_retained_curvature_one(token_mlp, token_batches):
+    srft = get_srft_model(token_mlp, SRFTConfig(target_modules=None, prior_rank=3))
+    prior = srft.estimate_prior(token_batches, progress=False)
+    omegas = torch.cat([e.omega.flatten() for e in prior.entries.values() if e.kind == "kfac"])
+    assert omegas.mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert prior.normalizer > 0
+
+
+def test_user_loss_fn_and_model_loss_objectives(token_mlp, token_batches):
+    srft = get_srft_model(token_mlp, SRFTConfig(target_modules=["fc1"], prior_rank=2))
+    prior = srft.estimate_prior(token_batches, loss_fn=lambda m, b: m(b).mean(), progress=False)
+    assert prior.objective == "loss_fn"
+    with pytest.raises(ValueError, match="model_loss"):
+        get_srft_model(token_mlp, SRFTConfig(target_modules=["fc1"], calibration_objective="model_loss")) \
+            .estimate_prior(token_batches, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        srft.estimate_prior([], progress=False)
+
+
+def test_num_batches_limits_calibration(token_mlp, token_batches):
+    srft = get_srft_model(token_mlp, SRFTConfig(target_modules=["fc1"], prior_rank=2))
+    prior = srft.estimate_prior(token_batches * 5, num_batches=3, progress=False)
+    assert prior.num_batches == 3 and prior.num_examples == 9
