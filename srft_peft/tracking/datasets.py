@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -549,7 +548,3 @@ def load_dataset(name: str, root: str | Path, **kwargs: Any) -> list[Sequence]:
     if key not in DATASET_LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASET_LOADERS)}")
     return DATASET_LOADERS[key](root, **kwargs)
-
-
-def _as_sequence_list(sequences: Sequence | SequenceABC[Sequence]) -> list[Sequence]:
-    return [sequences] if isinstance(sequences, Sequence) else list(sequences)

@@ -206,18 +206,30 @@ def _placement(layer: _Layer, t: int, width: int, height: int) -> tuple[int, int
 class _Frame:
     rgb: np.ndarray  # uint8 (H, W, 3) as shown to the RGB camera
     lum: np.ndarray  # float (H, W) well-lit luminance (for events)
-    thermal: np.ndarray  # uint8 (H, W)
-    depth: np.ndarray  # uint16 (H, W)
+    thermal: np.ndarray  # uint8 (H, W); empty if not requested
+    depth: np.ndarray  # uint16 (H, W) millimetres; empty if not requested
     box: tuple[int, int, int, int] | None
 
 
-def render_sequence(seed: int, split: str, index: int, frames: int, image_size: tuple[int, int]) -> Iterator[_Frame]:
-    """Render one demo sequence (all modalities) frame by frame; frame ``-1`` is rendered first for the events.
+def render_sequence(
+    seed: int,
+    split: str,
+    index: int,
+    frames: int,
+    image_size: tuple[int, int],
+    channels: tuple[str, ...] = ("thermal", "depth"),
+) -> Iterator[_Frame]:
+    """Render one demo sequence frame by frame; frame ``-1`` is rendered first (for the events).
 
-    The scene depends only on ``(seed, split, index)``, so the four modalities show the same scenes.
+    ``channels`` lists the X renderings to compute (``"thermal"``, ``"depth"``); the others are left empty. The
+    scene depends only on ``(seed, split, index)`` (each rendering has its own noise stream), so the four
+    modalities show the same scenes with the same RGB frames.
     """
     width, height = image_size
     rng = np.random.default_rng([int(seed), _SPLITS.index(split), int(index), 7])
+    rng_thermal = np.random.default_rng([int(seed), _SPLITS.index(split), int(index), 8])
+    rng_depth = np.random.default_rng([int(seed), _SPLITS.index(split), int(index), 9])
+    want_heat, want_depth = "thermal" in channels, "depth" in channels
     steps = frames + 1  # one extra leading frame so that frame 0 has events
     photo = _photo()
     ph, pw = photo.shape[:2]
@@ -290,8 +302,8 @@ def render_sequence(seed: int, split: str, index: int, frames: int, image_size: 
     for t in range(steps):
         ox, oy = (int(round(v)) for v in start + pan * t)
         view = canvas[oy : oy + height, ox : ox + width].copy()
-        heat = 0.15 + 0.25 * _lum(view)
-        depth = bg_depth[oy : oy + height, ox : ox + width].copy()
+        heat = 0.15 + 0.25 * _lum(view) if want_heat else None
+        depth = bg_depth[oy : oy + height, ox : ox + width].copy() if want_depth else None
         box = None
         for layer in layers:
             if not layer.shown[t]:
@@ -299,8 +311,9 @@ def render_sequence(seed: int, split: str, index: int, frames: int, image_size: 
             x, y, w, h = _placement(layer, t, width, height)
             p = _resize(layer.patch, w, h)
             view[y : y + h, x : x + w] = p
-            heat[y : y + h, x : x + w] = layer.heat[0] + layer.heat[1] * _lum(p)
-            if layer.depth > 0:
+            if heat is not None:
+                heat[y : y + h, x : x + w] = layer.heat[0] + layer.heat[1] * _lum(p)
+            if depth is not None and layer.depth > 0:
                 depth[y : y + h, x : x + w] = layer.depth + 150.0 * (_lum(p) - 0.5)
             if layer is target:
                 box = (x, y, w, h)
@@ -309,16 +322,23 @@ def render_sequence(seed: int, split: str, index: int, frames: int, image_size: 
             xa, xb = max(px, 0), min(px + pole[1], width)
             if xb > xa:
                 view[:, xa:xb] = pole_tex[oy : oy + height]
-                heat[:, xa:xb] = 0.3
-                depth[:, xa:xb] = 700.0
+                if heat is not None:
+                    heat[:, xa:xb] = 0.3
+                if depth is not None:
+                    depth[:, xa:xb] = 700.0
         lum = _lum(view)
-        rgb = view * gain + rng.normal(0, noise_sigma / 255.0, view.shape)
-        rgb8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
-        heat8 = np.clip(np.round(heat * 255.0), 0, 255).astype(np.uint8)
-        heat8 = np.asarray(Image.fromarray(heat8).filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float32)
-        heat8 = np.clip(np.round(heat8 + rng.normal(0, 2.5, heat8.shape)), 0, 255).astype(np.uint8)
-        depth = depth * (rng.random(depth.shape) > 0.005)  # a few invalid (0) pixels
-        depth16 = np.clip(np.round(depth), 0, 65535).astype(np.uint16)
+        noise = rng.standard_normal(view.shape, dtype=np.float32) * np.float32(noise_sigma / 255.0)
+        rgb8 = np.clip(np.round((view * np.float32(gain) + noise) * 255.0), 0, 255).astype(np.uint8)
+        heat8 = np.zeros((0, 0), np.uint8)
+        if heat is not None:
+            heat8 = np.clip(np.round(heat * 255.0), 0, 255).astype(np.uint8)
+            heat8 = np.asarray(Image.fromarray(heat8).filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float32)
+            heat8 += rng_thermal.standard_normal(heat8.shape, dtype=np.float32) * np.float32(2.5)
+            heat8 = np.clip(np.round(heat8), 0, 255).astype(np.uint8)
+        depth16 = np.zeros((0, 0), np.uint16)
+        if depth is not None:
+            depth = depth * (rng_depth.random(depth.shape, dtype=np.float32) > 0.005)  # a few invalid (0) pixels
+            depth16 = np.clip(np.round(depth), 0, 65535).astype(np.uint16)
         yield _Frame(rgb8, lum, heat8, depth16, box)
 
 
@@ -351,7 +371,7 @@ class _Writer:
 
     def image(self, rel: str, array: np.ndarray, fmt: str) -> None:
         buf = io.BytesIO()
-        options = {"quality": 92} if fmt == "JPEG" else {}
+        options = {"quality": 92} if fmt == "JPEG" else {"compress_level": 3} if fmt == "PNG" else {}
         Image.fromarray(array).save(buf, format=fmt, **options)
         self.write(rel, buf.getvalue())
 
@@ -372,7 +392,9 @@ def _write_sequence(writer: _Writer, cfg: DemoConfig, split: str, index: int) ->
     ev_rng = np.random.default_rng([int(cfg.seed), _SPLITS.index(split), int(index), 11])
     boxes: list[tuple[int, int, int, int] | None] = []
     prev_lum = None
-    for t, frame in enumerate(render_sequence(cfg.seed, split, index, cfg.frames, cfg.image_size), start=-1):
+    channels = {"rgbt": ("thermal",), "rgbd": ("depth",)}.get(cfg.modality, ())
+    scene = render_sequence(cfg.seed, split, index, cfg.frames, cfg.image_size, channels)
+    for t, frame in enumerate(scene, start=-1):
         if t < 0:
             prev_lum = frame.lum
             continue

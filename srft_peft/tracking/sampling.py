@@ -203,7 +203,7 @@ class TrackingPairDataset(Dataset):
         return np.concatenate([centre - wh / 2, wh])
 
     def _normalise(self, crop: torch.Tensor) -> torch.Tensor:
-        return (crop - self._mean) / self._std
+        return crop.sub_(self._mean).div_(self._std)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):

@@ -92,8 +92,11 @@ def test_normalized_precision_on_toy_sequence():
 def test_success_on_toy_sequence():
     curve = success_curve(PRED3, GT3)
     # IoU 1 > tau for 20 of the 21 thresholds (not 1.0); 272/528 = 0.515 for 11 (0..0.5); 0.5 for 10 (0..0.45).
-    expected = (np.array([1.0 > t for t in SUCCESS_THRESHOLDS], float) + (SUCCESS_THRESHOLDS < 272 / 528) +
-                (SUCCESS_THRESHOLDS < 0.5)) / 3
+    expected = (
+        np.array([1.0 > t for t in SUCCESS_THRESHOLDS], float)
+        + (SUCCESS_THRESHOLDS < 272 / 528)
+        + (SUCCESS_THRESHOLDS < 0.5)
+    ) / 3
     assert curve.tolist() == pytest.approx(expected.tolist())
     assert auc(curve) == pytest.approx((20 + 11 + 10) / 63)
     # The GTOT toolkit integrates with the trapezoid rule instead.
