@@ -296,8 +296,8 @@ def render_sequence(
     pole_tex = canvas[:, int(rng.integers(0, cw - 8)) :][:, :8].mean(axis=1, keepdims=True) * 0.6
 
     dark = rng.random() < 0.4
-    gain = rng.uniform(0.10, 0.22) if dark else 1.0
-    noise_sigma = 3.5 if dark else 1.5
+    gain = rng.uniform(0.06, 0.15) if dark else 1.0
+    noise_sigma = 6.0 if dark else 1.5
 
     for t in range(steps):
         ox, oy = (int(round(v)) for v in start + pan * t)
