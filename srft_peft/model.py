@@ -163,6 +163,11 @@ class SRFTModel(nn.Module):
     def load_srft_state_dict(self, state: dict[str, Any]) -> None:
         self._engine.load_state_dict(state)
 
+    def memory_footprint(self) -> dict[str, int]:
+        """Bytes SRFT keeps beside the model, by role (workspace, statistics, prior, ...), and the regularized
+        parameters' own bytes under ``"parameters"``."""
+        return self._engine.memory_bytes()
+
     def print_trainable_parameters(self) -> None:
         total = sum(p.numel() for p in self.base_model.parameters())
         trainable = sum(p.numel() for p in self.base_model.parameters() if p.requires_grad)

@@ -197,6 +197,24 @@ class SRFTEngine:
             out.append(v if v is not None else torch.zeros_like(self.params[i]))
         return out
 
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of every persistent tensor SRFT holds, by role, plus the regularized parameters' own bytes."""
+        def size(tensors: Any) -> int:
+            return sum(t.numel() * t.element_size() for t in tensors)
+
+        prior = 0
+        if self.prior_term is not None:
+            for _g, *tensors in self.prior_term.groups:
+                prior += size(tensors)
+            prior += size(self.prior_term.fisher) + size(self.prior_term.theta0)
+        return {
+            "parameters": size(self.params),
+            "workspace": size([self._workspace]) if self._workspace is not None else 0,
+            "statistics": size([self.v_flat]) if self.v_flat is not None else 0,
+            "rank_damping": size(self.transfer.rank_m.values()),
+            "prior": prior,
+        }
+
     # --- state ------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: step, T, own statistics, rank-mode damping, anchors."""

@@ -75,16 +75,19 @@ class PriorTerm:
 
     @torch.no_grad()
     def gradient_into_(self, params: Sequence[torch.Tensor], workspace: torch.Tensor) -> None:
-        """Write grad R_prior into ``workspace`` (a flat buffer in this term's layout), no autograd graph."""
+        """Write grad R_prior into ``workspace`` (a flat buffer in this term's layout), no autograd graph.
+
+        Reads each weight once (U^T W through ``_foreach_mm``) and writes each gradient once (one ``bmm`` per group).
+        """
         views = self.layout.views(workspace)
-        torch._foreach_copy_(views, list(params))
         for g, U, Ut, V, Vt, omega, P0 in self.groups:
-            W = g.stack(workspace)
-            M = torch.bmm(torch.bmm(Ut, W), V)
+            UtW = torch.stack(torch._foreach_mm(list(Ut.unbind(0)), [params[i].view(g.matrix) for i in g.members]))
+            M = torch.bmm(UtW, V)
             M.sub_(P0).mul_(omega)
-            torch.bmm(torch.bmm(U, M), Vt, out=W)
+            torch.bmm(torch.bmm(U, M), Vt, out=g.stack(workspace))
         if self.diag_index:
             diag_views = [views[i] for i in self.diag_index]
+            torch._foreach_copy_(diag_views, [params[i] for i in self.diag_index])
             torch._foreach_sub_(diag_views, self.theta0)
             torch._foreach_mul_(diag_views, self.fisher)
 

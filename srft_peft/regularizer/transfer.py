@@ -87,10 +87,11 @@ class TransferTerm:
         scale = self._numel_cache[key] / (sums * cfg.spikiness_max).clamp_min(1e-30)
         if cfg.sparsity_gamma > 0:
             scale = scale * hoyer_sparsity(v, out).pow(cfg.sparsity_gamma)
+        # gamma * m = gamma * m_min + min(v * scale * gamma * (m_max - m_min), gamma * (m_max - m_min))
+        spread = gamma * (cfg.damping_max - cfg.damping_min)
         torch._foreach_copy_(out, list(v))
-        torch._foreach_mul_(out, list(scale.to(out[0].dtype).unbind(0)))
-        torch._foreach_clamp_max_(out, 1.0)
-        torch._foreach_mul_(out, gamma * (cfg.damping_max - cfg.damping_min))
+        torch._foreach_mul_(out, list((scale * spread).to(out[0].dtype).unbind(0)))
+        torch._foreach_clamp_max_(out, spread)
         torch._foreach_add_(out, gamma * cfg.damping_min)
 
     @torch.no_grad()
