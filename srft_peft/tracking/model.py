@@ -558,14 +558,24 @@ class OSTrackRGBX(nn.Module):
         search_tokens = tokens[:, -fs * fs :]
         feat = search_tokens.transpose(1, 2).reshape(search_tokens.shape[0], -1, fs, fs)
         score, size, offset = self.box_head(feat)
-        out = TrackerOutput(
-            score_map=score, size_map=size, offset_map=offset, pred_boxes=decode_center_maps(score, size, offset)
-        )
+        pred_boxes = decode_center_maps(score, size, offset)
+        loss = components = None
         if search_box is not None:
-            loss, components = tracking_loss(out, search_box, weights=self.config.loss_weights, visible=visible)
-            out.loss = loss
-            out.loss_components = components
-        return out
+            loss, components = tracking_loss(
+                {"score_map": score, "pred_boxes": pred_boxes},
+                search_box,
+                weights=self.config.loss_weights,
+                visible=visible,
+            )
+        # built in one go so that, as in transformers, ``loss`` is the first key when present
+        return TrackerOutput(
+            loss=loss,
+            score_map=score,
+            size_map=size,
+            offset_map=offset,
+            pred_boxes=pred_boxes,
+            loss_components=components,
+        )
 
 
 def build_rgbx_from_rgb(rgb_model: OSTrackRGBX, mode: str = "dual_stream", **overrides: Any) -> OSTrackRGBX:
