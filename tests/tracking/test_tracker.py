@@ -196,3 +196,34 @@ def test_tiny_model_tracks_sequence_inside_image(mode):
     assert (bw >= 10).all() and (bh >= 10).all()
     assert ((scores[1:] > 0) & (scores[1:] < 1)).all()
     assert not model.training
+
+
+@pytest.mark.slow
+def test_briefly_trained_tiny_model_follows_the_square():
+    """End to end: crops + box_to_crop targets (the data contract) -> loss -> Tracker decoding back to the image."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = OSTrackRGBX(TrackerConfig(variant="tiny", template_size=32, search_size=64)).train()
+    frames, gt = moving_square_sequence(n=20)
+    frames = [f[..., :3] for f in frames]
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
+    for _ in range(60):
+        zs, xs, targets = [], [], []
+        for _ in range(16):
+            i, j = rng.integers(0, len(frames), 2)
+            box = gt[j]
+            side = np.sqrt(box[2] * box[3])
+            centre = box[:2] + box[2:] / 2 + rng.uniform(-0.75, 0.75, 2) * side  # jittered search centre
+            size = box[2:] * np.exp(rng.uniform(-0.25, 0.25, 2))
+            ref = np.r_[centre - size / 2, size]
+            zs.append(normalize_image(sample_target(frames[i], gt[i], 2.0, 32)[0]))
+            xs.append(normalize_image(sample_target(frames[j], ref, 4.0, 64)[0]))
+            targets.append(box_to_crop(box, ref, 4.0, 64, normalize=True))
+        out = model(torch.stack(zs), torch.stack(xs), search_box=torch.tensor(np.array(targets), dtype=torch.float32))
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    boxes, _ = Tracker(model).run_sequence(frames, gt[0])
+    err = np.linalg.norm(boxes[:, :2] + boxes[:, 2:] / 2 - (gt[:, :2] + gt[:, 2:] / 2), axis=1)
+    assert err[1:].mean() < 8, err
