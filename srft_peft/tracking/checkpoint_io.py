@@ -43,6 +43,8 @@ MODEL_TYPE = "srft_peft.OSTrackRGBX"
 FORMAT_VERSION = 1
 # Keys of OSTrack/timm checkpoints that the tracker does not use (cls token, the ImageNet-grid positional embedding).
 _IGNORABLE = ("backbone.cls_token", "backbone.cls_pos_embed", "backbone.dist_token", "backbone.pos_embed")
+# ... and image-classifier parts that timm-derived backbones may carry.
+_IGNORABLE_PREFIXES = ("backbone.head.", "backbone.head_dist.", "backbone.pre_logits.", "backbone.fc_norm.")
 
 
 class CheckpointFormatError(ValueError):
@@ -123,8 +125,8 @@ def load_rgb_checkpoint(model: OSTrackRGBX, path: str | Path, strict: bool = Fal
     copied on as in :meth:`OSTrackRGBX.from_rgb`. Key handling: ``backbone.pos_embed_z``/``pos_embed_x`` are used
     (bicubically resized if their grid differs); without them, the 2-D ``backbone.pos_embed`` (e.g. 14×14 + cls) is
     resized to both grids. A bare timm ViT state dict (no ``backbone.`` prefix, e.g. MAE) is prefixed. Keys the
-    tracker never uses (cls token, ``pos_embed``) go to ``ignored``. Entries that are missing or mismatched keep the
-    model's current values.
+    tracker never uses (cls token, ``pos_embed``, a classifier ``head``) go to ``ignored``. Entries that are missing
+    or mismatched keep the model's current values.
 
     Args:
         strict: raise ``ValueError`` (and change nothing) if anything is missing, unexpected or mismatched.
@@ -170,7 +172,7 @@ def load_rgb_checkpoint(model: OSTrackRGBX, path: str | Path, strict: bool = Fal
             else:
                 want = tuple(expected[key].shape)
                 report.mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {want}")
-        elif key in _IGNORABLE:
+        elif key in _IGNORABLE or key.startswith(_IGNORABLE_PREFIXES):
             report.ignored.append(key)
         else:
             report.unexpected.append(key)
