@@ -1,0 +1,226 @@
+"""Load RGB OSTrack/DropTrack checkpoints (weights-only) and save/load our trackers as safetensors.
+
+Example:
+    >>> import tempfile
+    >>> from srft_peft.tracking import OSTrackRGBX, TrackerConfig, save_tracker, load_tracker
+    >>> model = OSTrackRGBX(TrackerConfig(variant="tiny", template_size=32, search_size=64))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = save_tracker(model, d)
+    ...     load_tracker(d).config.variant
+    'tiny'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .model import OSTrackRGBX, TrackerConfig
+
+__all__ = [
+    "CheckpointFormatError",
+    "LoadReport",
+    "load_rgb_checkpoint",
+    "load_tracker",
+    "read_weights_only",
+    "save_tracker",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "srft_peft.OSTrackRGBX"
+FORMAT_VERSION = 1
+# Keys of OSTrack/timm checkpoints that the tracker does not use (cls token, the ImageNet-grid positional embedding).
+_IGNORABLE = ("backbone.cls_token", "backbone.cls_pos_embed", "backbone.dist_token", "backbone.pos_embed")
+# ... and image-classifier parts that timm-derived backbones may carry.
+_IGNORABLE_PREFIXES = ("backbone.head.", "backbone.head_dist.", "backbone.pre_logits.", "backbone.fc_norm.")
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint file could not be read as a weights-only tensor dictionary."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_rgb_checkpoint` did. Keys use the RGB model's names (``backbone.*``, ``box_head.*``)."""
+
+    path: str = ""
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    interpolated: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every model key was loaded and nothing unexpected was found."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        return (
+            f"LoadReport({self.path}: missing={self.missing}, unexpected={self.unexpected}, "
+            f"mismatched={self.mismatched}, ignored={self.ignored}, interpolated={self.interpolated})"
+        )
+
+
+def read_weights_only(path: str | Path) -> dict[str, torch.Tensor]:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` and return the tensor dict.
+
+    Takes the ``"net"`` entry (OSTrack), else ``"model"``/``"state_dict"``, else the object itself; strips a
+    ``module.`` (DDP) prefix. Never unpickles arbitrary objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError, ... all mean "not a plain weights file"
+        raise CheckpointFormatError(
+            f"could not load {path} with torch.load(weights_only=True): it must be a weights-only checkpoint "
+            f"(tensors in plain dicts/lists; no custom classes). Re-save it as {{'net': model.state_dict()}}. "
+            f"Cause: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
+    state: Any = obj
+    if isinstance(obj, Mapping):
+        for key in ("net", "model", "state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                state = obj[key]
+                break
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointFormatError(f"{path} does not contain a state dict (a non-empty mapping of tensors)")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointFormatError(f"{path}: state dict entries are not tensors: {bad[:5]}")
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _resize_pos_embed(pe: torch.Tensor, grid: int) -> torch.Tensor:
+    """(1, n·n, D) -> (1, grid·grid, D), bicubic (OSTrack's rule)."""
+    n = math.isqrt(pe.shape[1])
+    d = pe.shape[-1]
+    img = pe.reshape(1, n, n, d).permute(0, 3, 1, 2).float()
+    img = F.interpolate(img, size=(grid, grid), mode="bicubic", align_corners=False)
+    return img.permute(0, 2, 3, 1).reshape(1, grid * grid, d).to(pe.dtype)
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
+def load_rgb_checkpoint(model: OSTrackRGBX, path: str | Path, strict: bool = False) -> LoadReport:
+    """Load an RGB OSTrack/DropTrack checkpoint (``.pth.tar``/``.pth``) into ``model``.
+
+    Works for every mode: the RGB weights go to ``backbone``/``box_head`` and, for ``dual_stream``/``prompt``, are
+    copied on as in :meth:`OSTrackRGBX.from_rgb`. Key handling: ``backbone.pos_embed_z``/``pos_embed_x`` are used
+    (bicubically resized if their grid differs); without them, the 2-D ``backbone.pos_embed`` (e.g. 14×14 + cls) is
+    resized to both grids. A bare timm ViT state dict (no ``backbone.`` prefix, e.g. MAE) is prefixed. Keys the
+    tracker never uses (cls token, ``pos_embed``, a classifier ``head``) go to ``ignored``. Entries that are missing
+    or mismatched keep the model's current values.
+
+    Args:
+        strict: raise ``ValueError`` (and change nothing) if anything is missing, unexpected or mismatched.
+    """
+    state = read_weights_only(path)
+    if not any(k.startswith(("backbone.", "box_head.")) for k in state):
+        state = {f"backbone.{k}": v for k, v in state.items()}
+    report = LoadReport(path=str(path))
+    cfg = model.config
+    expected = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
+    expected.update({f"box_head.{k}": v for k, v in model.box_head.state_dict().items()})
+
+    mapped: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for name, grid in (("z", cfg.template_feat_size), ("x", cfg.search_feat_size)):
+        key = f"backbone.pos_embed_{name}"
+        want = expected[key].shape
+        if key in state:
+            used.add(key)
+            pe = state[key]
+            if pe.shape == want:
+                mapped[key] = pe
+            elif pe.ndim == 3 and pe.shape[-1] == want[-1] and _is_square(pe.shape[1]):
+                mapped[key] = _resize_pos_embed(pe, grid)
+                report.interpolated.append(f"{key} {tuple(pe.shape)} -> {tuple(want)}")
+            else:
+                report.mismatched.append(f"{key}: checkpoint {tuple(pe.shape)} vs model {tuple(want)}")
+        elif "backbone.pos_embed" in state:
+            pe = state["backbone.pos_embed"]
+            n = pe.shape[1] if pe.ndim == 3 else 0
+            if pe.ndim == 3 and pe.shape[-1] == want[-1] and (_is_square(n) or _is_square(n - 1)):
+                grid_pe = pe if _is_square(n) else pe[:, 1:]
+                mapped[key] = grid_pe if grid_pe.shape == want else _resize_pos_embed(grid_pe, grid)
+                report.interpolated.append(f"backbone.pos_embed {tuple(pe.shape)} -> {key} {tuple(want)}")
+            else:
+                report.mismatched.append(f"{key}: cannot derive from backbone.pos_embed {tuple(pe.shape)}")
+    for key, value in state.items():
+        if key in used or key in ("backbone.pos_embed_z", "backbone.pos_embed_x"):
+            continue
+        if key in expected:
+            if value.shape == expected[key].shape:
+                mapped[key] = value
+            else:
+                want = tuple(expected[key].shape)
+                report.mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {want}")
+        elif key in _IGNORABLE or key.startswith(_IGNORABLE_PREFIXES):
+            report.ignored.append(key)
+        else:
+            report.unexpected.append(key)
+    mismatched_keys = {m.split(":")[0] for m in report.mismatched}
+    report.missing = [k for k in expected if k not in mapped and k not in mismatched_keys]
+
+    if strict and not report.ok:
+        raise ValueError(f"strict load of {path} failed: {report}")
+    merged = {k: mapped.get(k, v) for k, v in expected.items()}
+    model.init_from_rgb(merged)
+    level = logging.INFO if report.ok else logging.WARNING
+    logger.log(level, "%s", report)
+    return report
+
+
+def save_tracker(model: OSTrackRGBX, directory: str | Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (all parameters and buffers) to ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION, **model.config.to_dict()}
+    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
+    return directory
+
+
+def load_tracker(directory: str | Path, device: str | torch.device = "cpu") -> OSTrackRGBX:
+    """Rebuild a model saved by :func:`save_tracker` (strict: every key and shape must match)."""
+    directory = Path(directory)
+    cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found (expected a folder written by save_tracker)")
+    meta = json.loads(cfg_path.read_text())
+    model_type = meta.pop("model_type", None)
+    meta.pop("format_version", None)
+    if model_type != MODEL_TYPE:
+        raise ValueError(f"{cfg_path}: model_type must be {MODEL_TYPE!r}, got {model_type!r}")
+    model = OSTrackRGBX(TrackerConfig.from_dict(meta))
+    state = load_file(str(weights_path))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{weights_path} does not match its config: missing={missing}, unexpected={unexpected}, "
+            f"mismatched={mismatched}"
+        )
+    model.load_state_dict(state)
+    return model.to(device)

@@ -1,0 +1,583 @@
+"""One-stream ViT tracker (OSTrack layout) with RGB, dual-stream (SRFT) and prompt (ViPT-like) RGB-X modes.
+
+Example:
+    >>> import torch
+    >>> from srft_peft.tracking import OSTrackRGBX, TrackerConfig
+    >>> rgb = OSTrackRGBX(TrackerConfig(variant="tiny", template_size=32, search_size=64))
+    >>> model = OSTrackRGBX.from_rgb(rgb, mode="dual_stream")
+    >>> out = model(torch.randn(2, 6, 32, 32), torch.randn(2, 6, 64, 64), search_box=torch.rand(2, 4) * 0.5)
+    >>> out.pred_boxes.shape, out.loss.ndim
+    (torch.Size([2, 4]), 0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from transformers.utils import ModelOutput
+
+from .losses import tracking_loss
+
+__all__ = [
+    "CenterHead",
+    "OSTrackRGBX",
+    "ParameterCount",
+    "PromptBlock",
+    "PromptModule",
+    "TrackerConfig",
+    "TrackerOutput",
+    "ViTBackbone",
+    "build_rgbx_from_rgb",
+    "decode_center_maps",
+]
+
+VARIANTS: dict[str, dict[str, int]] = {
+    "tiny": {"embed_dim": 192, "depth": 4, "num_heads": 3},
+    "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+}
+_DEFAULT_HEAD_CHANNELS = {"tiny": 64, "small": 256, "base": 256}
+MODES = ("rgb", "dual_stream", "prompt")
+# Fields that define tensor shapes: they cannot change when converting an RGB model with `from_rgb`.
+_ARCH_FIELDS = ("variant", "template_size", "search_size", "patch_size", "head_channels")
+
+_norm_layer = partial(nn.LayerNorm, eps=1e-6)
+
+
+def _default_fusion_layers(depth: int, count: int = 4) -> tuple[int, ...]:
+    """Evenly spaced block indices ending at the last block (depth 12 -> (2, 5, 8, 11))."""
+    count = min(count, depth)
+    return tuple(round((k + 1) * depth / count) - 1 for k in range(count))
+
+
+@dataclass
+class TrackerConfig:
+    """Configuration of :class:`OSTrackRGBX`.
+
+    Example:
+        >>> cfg = TrackerConfig.from_preset("ostrack256", mode="dual_stream")
+        >>> cfg.fusion_layers, cfg.search_feat_size
+        ((2, 5, 8, 11), 16)
+    """
+
+    variant: str = field(
+        default="base",
+        metadata={
+            "help": "ViT size: 'tiny' (192-d, 4 blocks, 3 heads; CPU tests), 'small' (ViT-S/16), 'base' (ViT-B/16)."
+        },
+    )
+    mode: str = field(
+        default="rgb",
+        metadata={
+            "help": "'rgb' (3-channel OSTrack), 'dual_stream' (SRFT authors' two-stream RGB-X model) or "
+            "'prompt' (ViPT-like frozen backbone + trainable prompts)."
+        },
+    )
+    template_size: int = field(default=128, metadata={"help": "Side of the square template crop, in pixels."})
+    search_size: int = field(default=256, metadata={"help": "Side of the square search crop, in pixels."})
+    patch_size: int = field(default=16, metadata={"help": "Patch size (= stride) of the patch embedding."})
+    fusion_layers: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "dual_stream only: indices of pretrained blocks copied as fusion blocks, each applied to the "
+            "concatenated tokens of both streams right after that block. None = 4 evenly spaced (depth 12: 2,5,8,11)."
+        },
+    )
+    head_channels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Width of the CENTER head's first conv (then /2, /4, /8). None = 256 (base/small), 64 (tiny)."
+        },
+    )
+    prompt_dim: int = field(default=8, metadata={"help": "prompt only: bottleneck width of each prompt block."})
+    prompt_layers: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "prompt only: blocks preceded by a prompt block. None = all blocks."}
+    )
+    drop_path: float = field(default=0.0, metadata={"help": "Stochastic depth rate, linearly increasing with depth."})
+    focal_weight: float = field(default=1.0, metadata={"help": "Weight of the focal (heatmap) loss."})
+    giou_weight: float = field(default=2.0, metadata={"help": "Weight of the GIoU loss."})
+    l1_weight: float = field(default=5.0, metadata={"help": "Weight of the L1 loss on normalized x1y1x2y2 boxes."})
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if not isinstance(self.patch_size, int) or self.patch_size <= 0:
+            raise ValueError(f"patch_size must be a positive int, got {self.patch_size!r}")
+        for name in ("template_size", "search_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0 or value % self.patch_size:
+                raise ValueError(f"{name} must be a positive multiple of patch_size={self.patch_size}, got {value!r}")
+        depth = self.depth
+        if self.fusion_layers is None:
+            self.fusion_layers = _default_fusion_layers(depth)
+        self.fusion_layers = self._check_layers("fusion_layers", self.fusion_layers, depth)
+        if self.prompt_layers is None:
+            self.prompt_layers = tuple(range(depth))
+        self.prompt_layers = self._check_layers("prompt_layers", self.prompt_layers, depth)
+        if self.head_channels is None:
+            self.head_channels = _DEFAULT_HEAD_CHANNELS[self.variant]
+        if not isinstance(self.head_channels, int) or self.head_channels < 8 or self.head_channels % 8:
+            raise ValueError(f"head_channels must be a positive multiple of 8, got {self.head_channels!r}")
+        if not isinstance(self.prompt_dim, int) or self.prompt_dim <= 0:
+            raise ValueError(f"prompt_dim must be a positive int, got {self.prompt_dim!r}")
+        if not 0.0 <= float(self.drop_path) < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
+        for name in ("focal_weight", "giou_weight", "l1_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    @staticmethod
+    def _check_layers(name: str, layers: Any, depth: int) -> tuple[int, ...]:
+        try:
+            out = tuple(int(i) for i in layers)
+        except TypeError as err:
+            raise ValueError(f"{name} must be a sequence of block indices, got {layers!r}") from err
+        if any(i < 0 or i >= depth for i in out) or len(set(out)) != len(out) or list(out) != sorted(out):
+            raise ValueError(f"{name} must be strictly increasing block indices in [0, {depth}), got {layers!r}")
+        return out
+
+    # --- derived sizes -------------------------------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return VARIANTS[self.variant]["embed_dim"]
+
+    @property
+    def depth(self) -> int:
+        return VARIANTS[self.variant]["depth"]
+
+    @property
+    def num_heads(self) -> int:
+        return VARIANTS[self.variant]["num_heads"]
+
+    @property
+    def template_feat_size(self) -> int:
+        return self.template_size // self.patch_size
+
+    @property
+    def search_feat_size(self) -> int:
+        """Side Fs of the score/size/offset maps."""
+        return self.search_size // self.patch_size
+
+    @property
+    def in_chans(self) -> int:
+        """Channels the model reads: 3 for 'rgb' (6 accepted, first 3 used), 6 (RGB + X) otherwise."""
+        return 3 if self.mode == "rgb" else 6
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return {"focal": float(self.focal_weight), "giou": float(self.giou_weight), "l1": float(self.l1_weight)}
+
+    # --- presets / serialisation ---------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TrackerConfig:
+        """``"ostrack256"`` (template 128 / search 256) or ``"ostrack384"`` (192 / 384), ViT-B unless overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["fusion_layers"] = list(self.fusion_layers or ())
+        data["prompt_layers"] = list(self.prompt_layers or ())
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrackerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrackerConfig fields: {unknown}")
+        return cls(**dict(data))
+
+    def to_json_file(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> TrackerConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "ostrack256": {"variant": "base", "template_size": 128, "search_size": 256},
+    "ostrack384": {"variant": "base", "template_size": 192, "search_size": 384},
+}
+
+
+@dataclass
+class TrackerOutput(ModelOutput):
+    """Output of :class:`OSTrackRGBX`; attribute and key access (``out.loss`` / ``out["loss"]``).
+
+    ``loss`` is first, so Hugging-Face-style code (``outputs.loss``, ``outputs[0]`` when a loss exists) works.
+    Maps are (B, 1|2, Fs, Fs); ``pred_boxes`` is (B, 4) normalized cx, cy, w, h in search-crop coordinates.
+    """
+
+    loss: torch.Tensor | None = None
+    score_map: torch.Tensor | None = None
+    size_map: torch.Tensor | None = None
+    offset_map: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    loss_components: dict[str, torch.Tensor] | None = None
+
+
+class ParameterCount(NamedTuple):
+    total: int
+    trainable: int
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        return (
+            f"trainable params: {self.trainable:,d} || all params: {self.total:,d} || "
+            f"trainable%: {self.trainable_percent:.4f}"
+        )
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def _make_block(cfg: TrackerConfig, drop_path: float) -> Block:
+    return Block(
+        dim=cfg.embed_dim,
+        num_heads=cfg.num_heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        drop_path=drop_path,
+        norm_layer=_norm_layer,
+    )
+
+
+def _drop_path_rates(cfg: TrackerConfig) -> list[float]:
+    n = cfg.depth
+    return [float(cfg.drop_path) * i / max(n - 1, 1) for i in range(n)]
+
+
+class ViTBackbone(nn.Module):
+    """Timm-named ViT trunk: ``patch_embed.proj``, ``pos_embed_z``, ``pos_embed_x``, ``blocks.N.*``, ``norm``.
+
+    :meth:`embed` returns the joint token sequence [z; x] (template tokens first) with positional embeddings added.
+    """
+
+    def __init__(self, cfg: TrackerConfig, in_chans: int = 3) -> None:
+        super().__init__()
+        d = cfg.embed_dim
+        self.patch_embed = PatchEmbed(
+            img_size=None, patch_size=cfg.patch_size, in_chans=in_chans, embed_dim=d, strict_img_size=False
+        )
+        self.pos_embed_z = nn.Parameter(torch.zeros(1, cfg.template_feat_size**2, d))
+        self.pos_embed_x = nn.Parameter(torch.zeros(1, cfg.search_feat_size**2, d))
+        self.blocks = nn.Sequential(*[_make_block(cfg, r) for r in _drop_path_rates(cfg)])
+        self.norm = _norm_layer(d)
+        nn.init.trunc_normal_(self.pos_embed_z, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed_x, std=0.02)
+        self.blocks.apply(_init_weights)
+
+    def embed(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        z = self.patch_embed(z) + self.pos_embed_z
+        x = self.patch_embed(x) + self.pos_embed_x
+        return torch.cat([z, x], dim=1)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(self.embed(z, x)))
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class CenterHead(nn.Module):
+    """OSTrack "CENTER" head: three branches of 4 conv-BN-ReLU (C -> c -> c/2 -> c/4 -> c/8) and a 1x1 conv.
+
+    Returns ``(score_map (B,1,Fs,Fs) in [1e-4, 1-1e-4], size_map (B,2,Fs,Fs) in (0,1), offset_map (B,2,Fs,Fs))``;
+    channel 0 of size/offset is x (width), channel 1 is y (height).
+    """
+
+    branches = (("ctr", 1), ("size", 2), ("offset", 2))
+
+    def __init__(self, in_dim: int, channels: int) -> None:
+        super().__init__()
+        widths = [in_dim, channels, channels // 2, channels // 4, channels // 8]
+        for name, out_ch in self.branches:
+            for i in range(4):
+                self.add_module(f"conv{i + 1}_{name}", _conv_bn_relu(widths[i], widths[i + 1]))
+            self.add_module(f"conv5_{name}", nn.Conv2d(widths[4], out_ch, 1))
+
+    def _branch(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, 6):
+            x = getattr(self, f"conv{i}_{name}")(x)
+        return x
+
+    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        score = torch.sigmoid(self._branch("ctr", feat)).clamp(1e-4, 1 - 1e-4)
+        size = torch.sigmoid(self._branch("size", feat))
+        offset = self._branch("offset", feat)
+        return score, size, offset
+
+
+def decode_center_maps(score_map: torch.Tensor, size_map: torch.Tensor, offset_map: torch.Tensor) -> torch.Tensor:
+    """Boxes (B, 4) normalized cx, cy, w, h from the argmax of ``score_map``.
+
+    centre = (index + offset) / Fs, size = size_map at that index.
+
+    Example:
+        >>> s = torch.zeros(1, 1, 4, 4); s[0, 0, 1, 3] = 1
+        >>> decode_center_maps(s, torch.full((1, 2, 4, 4), 0.25), torch.full((1, 2, 4, 4), 0.5)).tolist()
+        [[0.875, 0.375, 0.25, 0.25]]
+    """
+    b, _, h, w = score_map.shape
+    idx = score_map.flatten(1).argmax(dim=1)  # (B,)
+    iy = torch.div(idx, w, rounding_mode="floor")
+    ix = idx - iy * w
+    gather_idx = idx.view(b, 1, 1).expand(b, 2, 1)
+    size = size_map.flatten(2).gather(2, gather_idx).squeeze(2)
+    offset = offset_map.flatten(2).gather(2, gather_idx).squeeze(2)
+    cx = (ix.to(offset.dtype) + offset[:, 0]) / w
+    cy = (iy.to(offset.dtype) + offset[:, 1]) / h
+    return torch.stack([cx, cy, size[:, 0], size[:, 1]], dim=1)
+
+
+class PromptBlock(nn.Module):
+    """Low-rank prompt: ``up(GELU(down_rgb(LN(t)) + down_x(LN(p))))``, added to the RGB tokens ``t``.
+
+    ``up`` starts at zero, so a freshly built prompt model computes exactly the RGB model's output.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm_rgb = _norm_layer(dim)
+        self.norm_x = _norm_layer(dim)
+        self.down_rgb = nn.Linear(dim, hidden)
+        self.down_x = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.up = nn.Linear(hidden, dim)
+        self.apply(_init_weights)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, tokens: torch.Tensor, x_tokens: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down_rgb(self.norm_rgb(tokens)) + self.down_x(self.norm_x(x_tokens))))
+
+
+class PromptModule(nn.Module):
+    """Trainable part of prompt mode: X patch embedding (``prompt.patch_embed``) + ``prompt.blocks.<layer>``."""
+
+    def __init__(self, cfg: TrackerConfig) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed(
+            img_size=None, patch_size=cfg.patch_size, in_chans=3, embed_dim=cfg.embed_dim, strict_img_size=False
+        )
+        self.blocks = nn.ModuleDict({str(i): PromptBlock(cfg.embed_dim, cfg.prompt_dim) for i in cfg.prompt_layers})
+
+
+class OSTrackRGBX(nn.Module):
+    """OSTrack-style one-stream tracker with RGB, dual-stream and prompt modes.
+
+    Inputs are ImageNet-normalized crops: ``template`` (B, C, template_size, template_size), ``search``
+    (B, C, search_size, search_size) with C = 3 (rgb; 6 accepted, first 3 used) or 6 (RGB then X).
+
+    Modes and parameter names:
+
+    * ``rgb``: ``backbone.*`` (timm ViT names, ``pos_embed_z``/``pos_embed_x``) on tokens [z; x], then
+      ``backbone.norm`` and ``box_head.*`` (CENTER head) on the search tokens.
+    * ``dual_stream`` (SRFT authors' design): RGB stream ``backbone.*`` on ``[:, :3]``, X stream ``backbone_x.*``
+      (own patch embedding, positional embeddings, blocks and norm) on ``[:, 3:]``. Wiring, for block i = 0..depth-1::
+
+          t_rgb = backbone.blocks[i](t_rgb);  t_x = backbone_x.blocks[i](t_x)
+          if i in fusion_layers:
+              t_rgb, t_x = split(fusion[str(i)](cat([t_rgb, t_x], dim=1)))   # joint attention over both streams
+
+      output = (backbone.norm(t_rgb) + backbone_x.norm(t_x)) / 2 -> box_head. ``fusion.<i>`` starts as a copy of
+      pretrained block i (so fusion after block i initially re-applies block i). ``box_head`` is frozen; everything
+      else trains.
+    * ``prompt`` (ViPT-like PEFT baseline): frozen ``backbone``/``box_head``; ``prompt.patch_embed`` embeds X (plus
+      the frozen positional embeddings) into tokens p; before each block i in ``prompt_layers``,
+      ``t = t + prompt.blocks[str(i)](t, p)``. Only ``prompt.*`` trains.
+
+    Modules whose parameters are all frozen (``box_head``, ``backbone``) are kept in eval mode by :meth:`train`, so
+    a frozen head's BatchNorm statistics do not drift.
+    """
+
+    def __init__(self, config: TrackerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = ViTBackbone(config)
+        self.box_head = CenterHead(config.embed_dim, config.head_channels)
+        if config.mode == "dual_stream":
+            self.backbone_x = ViTBackbone(config)
+            rates = _drop_path_rates(config)
+            self.fusion = nn.ModuleDict({str(i): _make_block(config, rates[i]) for i in config.fusion_layers})
+            self.fusion.apply(_init_weights)
+            self.box_head.requires_grad_(False)
+        elif config.mode == "prompt":
+            self.prompt = PromptModule(config)
+            self.backbone.requires_grad_(False)
+            self.box_head.requires_grad_(False)
+
+    # --- construction ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_rgb(cls, rgb_model: OSTrackRGBX, mode: str, **overrides: Any) -> OSTrackRGBX:
+        """Build a ``dual_stream``/``prompt`` (or ``rgb``) model from a trained ``mode="rgb"`` model.
+
+        Both streams copy ``rgb_model.backbone``, ``fusion.<i>`` copies ``backbone.blocks.<i>``, the head and the X
+        patch embedding copy the RGB ones. ``overrides`` may change non-shape fields (fusion_layers, prompt_dim,
+        prompt_layers, drop_path, loss weights).
+
+        Example:
+            >>> rgb = OSTrackRGBX(TrackerConfig(variant="tiny", template_size=32, search_size=64))
+            >>> OSTrackRGBX.from_rgb(rgb, "prompt").count_parameters().trainable > 0
+            True
+        """
+        if not isinstance(rgb_model, OSTrackRGBX) or rgb_model.config.mode != "rgb":
+            raise ValueError("rgb_model must be an OSTrackRGBX with mode='rgb'")
+        bad = sorted(set(overrides) & set(_ARCH_FIELDS))
+        if bad:
+            raise ValueError(f"from_rgb cannot change shape-defining fields {bad}; build a new RGB model instead")
+        cfg = dataclasses.replace(rgb_model.config, mode=mode, **overrides)
+        ref = next(rgb_model.parameters())
+        model = cls(cfg).to(device=ref.device, dtype=ref.dtype)
+        model.init_from_rgb(rgb_model)
+        model.train(rgb_model.training)
+        return model
+
+    @torch.no_grad()
+    def init_from_rgb(self, rgb: OSTrackRGBX | Mapping[str, torch.Tensor]) -> None:
+        """Copy RGB weights (a ``mode="rgb"`` model or its state dict) into every part of this model."""
+        sd = rgb.state_dict() if isinstance(rgb, nn.Module) else dict(rgb)
+
+        def sub(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+        backbone_sd = sub("backbone.")
+        self.backbone.load_state_dict(backbone_sd)
+        self.box_head.load_state_dict(sub("box_head."))
+        if self.config.mode == "dual_stream":
+            self.backbone_x.load_state_dict(backbone_sd)
+            for i in self.config.fusion_layers:
+                self.fusion[str(i)].load_state_dict(sub(f"backbone.blocks.{i}."))
+        elif self.config.mode == "prompt":
+            self.prompt.patch_embed.load_state_dict(sub("backbone.patch_embed."))
+
+    # --- helpers ----------------------------------------------------------------------------------------------------
+    def count_parameters(self) -> ParameterCount:
+        """Total and trainable parameter counts (``print(model.count_parameters())`` prints peft-style)."""
+        total = trainable = 0
+        for p in self.parameters():
+            total += p.numel()
+            if p.requires_grad:
+                trainable += p.numel()
+        return ParameterCount(total, trainable)
+
+    def print_trainable_parameters(self) -> None:
+        print(self.count_parameters())
+
+    def train(self, mode: bool = True) -> OSTrackRGBX:
+        super().train(mode)
+        if mode:
+            for module in (self.backbone, self.box_head):
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
+
+    def _check_inputs(self, template: torch.Tensor, search: torch.Tensor) -> None:
+        cfg = self.config
+        allowed = (3, 6) if cfg.mode == "rgb" else (6,)
+        for name, t, side in (("template", template, cfg.template_size), ("search", search, cfg.search_size)):
+            if t.ndim != 4 or t.shape[1] not in allowed or t.shape[2] != side or t.shape[3] != side:
+                raise ValueError(
+                    f"{name} must have shape (B, {'|'.join(map(str, allowed))}, {side}, {side}) for mode "
+                    f"{cfg.mode!r}, got {tuple(t.shape)}"
+                )
+        if template.shape[0] != search.shape[0]:
+            raise ValueError(f"template and search batch sizes differ: {template.shape[0]} vs {search.shape[0]}")
+
+    def forward_features(self, template: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
+        """Normalized joint tokens (B, Nz + Nx, D); template tokens first."""
+        self._check_inputs(template, search)
+        mode = self.config.mode
+        bb = self.backbone
+        if mode == "rgb":
+            return bb(template[:, :3], search[:, :3])
+        if mode == "dual_stream":
+            t_rgb = bb.embed(template[:, :3], search[:, :3])
+            t_x = self.backbone_x.embed(template[:, 3:], search[:, 3:])
+            n = t_rgb.shape[1]
+            for i, (blk_rgb, blk_x) in enumerate(zip(bb.blocks, self.backbone_x.blocks)):
+                t_rgb, t_x = blk_rgb(t_rgb), blk_x(t_x)
+                key = str(i)
+                if key in self.fusion:
+                    joint = self.fusion[key](torch.cat([t_rgb, t_x], dim=1))
+                    t_rgb, t_x = joint[:, :n], joint[:, n:]
+            return (bb.norm(t_rgb) + self.backbone_x.norm(t_x)) / 2
+        # prompt
+        tokens = bb.embed(template[:, :3], search[:, :3])
+        pe = self.prompt.patch_embed
+        x_tokens = torch.cat([pe(template[:, 3:]) + bb.pos_embed_z, pe(search[:, 3:]) + bb.pos_embed_x], dim=1)
+        for i, blk in enumerate(bb.blocks):
+            key = str(i)
+            if key in self.prompt.blocks:
+                tokens = tokens + self.prompt.blocks[key](tokens, x_tokens)
+            tokens = blk(tokens)
+        return bb.norm(tokens)
+
+    def forward(
+        self,
+        template: torch.Tensor,
+        search: torch.Tensor,
+        search_box: torch.Tensor | None = None,
+        visible: torch.Tensor | None = None,
+    ) -> TrackerOutput:
+        """Predict maps and boxes; given ``search_box`` (B, 4) normalized x, y, w, h (top-left, search crop), the loss.
+
+        ``visible`` (B,) bool optionally marks samples whose target is present (absent ones: heatmap all zero, no box
+        loss).
+        """
+        tokens = self.forward_features(template, search)
+        fs = self.config.search_feat_size
+        search_tokens = tokens[:, -fs * fs :]
+        feat = search_tokens.transpose(1, 2).reshape(search_tokens.shape[0], -1, fs, fs)
+        score, size, offset = self.box_head(feat)
+        pred_boxes = decode_center_maps(score, size, offset)
+        loss = components = None
+        if search_box is not None:
+            loss, components = tracking_loss(
+                {"score_map": score, "pred_boxes": pred_boxes},
+                search_box,
+                weights=self.config.loss_weights,
+                visible=visible,
+            )
+        # built in one go so that, as in transformers, ``loss`` is the first key when present
+        return TrackerOutput(
+            loss=loss,
+            score_map=score,
+            size_map=size,
+            offset_map=offset,
+            pred_boxes=pred_boxes,
+            loss_components=components,
+        )
+
+
+def build_rgbx_from_rgb(rgb_model: OSTrackRGBX, mode: str = "dual_stream", **overrides: Any) -> OSTrackRGBX:
+    """Function form of :meth:`OSTrackRGBX.from_rgb`."""
+    return OSTrackRGBX.from_rgb(rgb_model, mode, **overrides)
