@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import huggingface_hub
-from huggingface_hub import errors
+from huggingface_hub import constants, errors
 from huggingface_hub.utils import validate_repo_id
 
 
 def is_offline() -> bool:
     """Whether Hugging Face offline mode is on now (read at call time, not at import)."""
-    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def resolve_folder(dir_or_repo_id: Union[str, Path], filenames: Sequence[str], revision: Optional[str] = None, *,
