@@ -61,6 +61,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 #: Keys of ``srft_config.json`` besides the SRFTConfig fields.
 METADATA_KEYS = ("format_version", "library_name", "library_version", "base_model", "calibration", "normalizer",
                  "dtypes", "fingerprint", "entries", "transfer_state")
+#: The SRFTConfig fields, stored at the top level of ``srft_config.json``.
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SRFTConfig))
 #: Keys a checkpoint cannot be read without.
 REQUIRED_KEYS = ("format_version", "prior_estimator", "fingerprint", "entries")
 #: Config fields that describe how the stored significance was computed; ``from_pretrained`` cannot override them.
@@ -258,13 +260,12 @@ def read_config(folder: PathLike) -> tuple[dict[str, Any], SRFTConfig]:
     if version > FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {version} is newer than this srft-peft reads ({FORMAT_VERSION}); "
                          "upgrade srft-peft")
-    fields = {f.name for f in dataclasses.fields(SRFTConfig)}
-    unknown = sorted(set(meta) - fields - set(METADATA_KEYS))
+    unknown = sorted(set(meta) - CONFIG_FIELDS - set(METADATA_KEYS))
     if unknown:
         warnings.warn(f"{path}: ignoring unknown keys {unknown} (written by a newer srft-peft "
                       f"{meta.get('library_version', '?')}?)", stacklevel=3)
     try:
-        config = SRFTConfig.from_dict({k: v for k, v in meta.items() if k in fields})
+        config = SRFTConfig.from_dict({k: v for k, v in meta.items() if k in CONFIG_FIELDS})
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: {e}") from e
     return meta, config
@@ -460,9 +461,8 @@ class SignificanceCheckpointMixin:
             raise ValueError("the model is already an SRFTModel; use srft.load_significance(...)")
         checkpoint = load_significance_checkpoint(dir_or_repo_id, revision, cache_dir=cache_dir, token=token)
         config = checkpoint.config
-        fields = {f.name for f in dataclasses.fields(SRFTConfig)}
         for key, value in config_overrides.items():
-            if key not in fields:
+            if key not in CONFIG_FIELDS:
                 raise ValueError(f"unknown SRFTConfig field {key!r} in from_pretrained overrides")
             if key in ESTIMATION_FIELDS and value != getattr(config, key):
                 raise ValueError(f"{key} describes how the saved significance was computed ({getattr(config, key)!r}) "
