@@ -6,6 +6,7 @@ Example:
     'grad'
 """
 
+from .checkpoint import SignificanceCheckpoint, load_significance_checkpoint
 from .config import SRFTConfig
 from .model import SRFTModel, get_srft_model
 from .significance import DiagonalSignificance, KFACSignificance, PriorSignificance
@@ -18,6 +19,8 @@ __all__ = [
     "PriorSignificance",
     "SRFTConfig",
     "SRFTModel",
+    "SignificanceCheckpoint",
     "__version__",
     "get_srft_model",
+    "load_significance_checkpoint",
 ]

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .checkpoint import SignificanceCheckpointMixin
 from .config import SRFTConfig
 from .regularizer.engine import SRFTEngine
 from .significance.estimation import LossFn, estimate_prior_significance, model_loss
@@ -43,7 +44,7 @@ class SummaryTable(list):
         return "\n".join([lines[0], "-" * len(lines[0])] + lines[1:])
 
 
-class SRFTModel(nn.Module):
+class SRFTModel(SignificanceCheckpointMixin, nn.Module):
     """A model under Significance-Regularized Fine-Tuning. Calls and attributes go to the wrapped model.
 
     Use :func:`get_srft_model` to build one. The regularized parameters are the model's own (no copy); SRFT's state

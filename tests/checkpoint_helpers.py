@@ -1,0 +1,78 @@
+"""Tiny models, priors and Hub-cache layouts shared by the checkpoint, hub and CLI tests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from srft_peft import SRFTConfig, SRFTModel, get_srft_model
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class Tiny(nn.Module):
+    """Linear (K-FAC), LayerNorm and biases (per-example diagonal), a free parameter (per-batch diagonal), a head."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(0.1 * torch.randn(width))
+        self.fc1 = nn.Linear(6, width)
+        self.norm = nn.LayerNorm(width)
+        self.fc2 = nn.Linear(width, width)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(torch.tanh(self.fc1(x) + self.pos))
+        return self.head(torch.tanh(self.fc2(h)))
+
+
+def tiny(seed: int = 0, width: int = 8) -> Tiny:
+    torch.manual_seed(seed)
+    return Tiny(width)
+
+
+def batches(seed: int = 1, n: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, 6, generator=g) for _ in range(n)]
+
+
+def make_srft(estimator: str = "kfac", seed: int = 0, width: int = 8, train_steps: int = 0, data_seed: int = 1,
+              optimizer: str = "sgd", **config: Any) -> SRFTModel:
+    """A Tiny model under SRFT with an estimated prior, optionally trained a few steps (SGD: own statistics v)."""
+    cfg = SRFTConfig(prior_estimator=estimator, prior_rank=3, total_steps=20, **config)
+    srft = get_srft_model(tiny(seed, width), cfg)
+    srft.estimate_prior(batches(data_seed), progress=False)
+    if train_steps:
+        opt = (torch.optim.SGD(srft.parameters(), lr=0.05) if optimizer == "sgd"
+               else torch.optim.Adam(srft.parameters(), lr=1e-2))
+        srft.attach(opt)
+        for x in batches(seed=7, n=train_steps):
+            opt.zero_grad()
+            srft(x).pow(2).mean().backward()
+            opt.step()
+        srft.detach()
+    return srft
+
+
+def perturb_(module: nn.Module, seed: int = 3, scale: float = 0.05) -> None:
+    """Add the same pseudo-random offset to every parameter (identical across models of one architecture)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def hub_cache(cache_dir: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Path:
+    """Lay ``folder``'s files out as the Hugging Face cache holds a downloaded model repo (refs/main -> snapshot)."""
+    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        shutil.copy(f, snapshot / f.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

@@ -1,0 +1,339 @@
+"""Significance checkpoints on local folders: exact round trips, identical penalties on a fresh model, strict and atomic
+loading of bad inputs."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+from checkpoint_helpers import make_srft, perturb_, tiny
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from srft_peft import SRFTConfig, SRFTModel, get_srft_model, load_significance_checkpoint
+from srft_peft.checkpoint import CONFIG_NAME, METADATA_KEYS, MODEL_CARD_NAME, SIGNIFICANCE_NAME, describe_base_model
+from srft_peft.significance import KFACSignificance, PriorSignificance
+
+
+def assert_prior_equal(a: PriorSignificance, b: PriorSignificance) -> None:
+    assert list(a.entries) == list(b.entries)
+    assert (a.normalizer, a.num_examples, a.num_batches, a.objective, a.normalized) == \
+        (b.normalizer, b.num_examples, b.num_batches, b.objective, b.normalized)
+    for name, ea in a.entries.items():
+        eb = b.entries[name]
+        assert type(ea) is type(eb)
+        if isinstance(ea, KFACSignificance):
+            assert ea.retained_energy == eb.retained_energy
+        else:
+            assert ea.source == eb.source
+        for key, t in ea.tensors().items():
+            assert torch.equal(t, eb.tensors()[key]), f"{name}.{key}"
+
+
+def same_weights(srft: SRFTModel) -> nn.Module:
+    """A fresh Tiny model of the same architecture holding ``srft``'s current weights."""
+    fresh = tiny(seed=123)
+    fresh.load_state_dict(srft.base_model.state_dict())
+    return fresh
+
+
+# --- round trips ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("estimator", ["kfac", "diagonal"])
+@pytest.mark.parametrize("include_transfer_state", [False, True])
+def test_round_trip_reproduces_the_state(tmp_path: Path, estimator: str, include_transfer_state: bool) -> None:
+    src = make_srft(estimator, train_steps=3)
+    src.save_pretrained(tmp_path, include_transfer_state=include_transfer_state)
+    assert sorted(os.listdir(tmp_path)) == sorted([CONFIG_NAME, SIGNIFICANCE_NAME, MODEL_CARD_NAME])
+
+    dst = SRFTModel.from_pretrained(same_weights(src), tmp_path)
+    assert dst.srft_config == src.srft_config
+    assert_prior_equal(dst.prior, src.prior)
+    assert_prior_equal(load_significance_checkpoint(tmp_path).prior, src.prior)
+    saved, loaded = src.srft_state_dict(), dst.srft_state_dict()
+    if include_transfer_state:
+        assert loaded["step"] == saved["step"] == 3
+        assert torch.equal(loaded["tensors"]["transfer.v"], saved["tensors"]["transfer.v"])
+    else:
+        assert loaded["step"] == 0 and "transfer.v" not in loaded["tensors"]
+    assert float(dst.prior_penalty().detach()) == 0.0  # anchored at the weights it was loaded on
+
+
+def test_the_stored_tensors_and_json(tmp_path: Path) -> None:
+    src = make_srft("kfac", train_steps=2)
+    src.save_pretrained(tmp_path, include_transfer_state=True)
+    tensors = load_file(tmp_path / SIGNIFICANCE_NAME)
+    assert tensors.keys() == src.prior.tensors().keys() | {"transfer.step"} | {
+        f"transfer.v.{n}" for n in src.regularized_parameters}
+    assert int(tensors["transfer.step"]) == 2
+    assert not any(k.endswith("theta0") or "anchor" in k for k in tensors)  # neither weights nor theta0
+
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert set(meta) == set(SRFTConfig().to_dict()) | set(METADATA_KEYS)
+    assert meta["calibration"] == {"num_examples": 16, "num_batches": 2, "objective": "output_norm"}
+    assert meta["entries"]["fc1.weight"] == {"kind": "kfac", "shape": [8, 6], "rank": [3, 3],
+                                             "retained_energy": src.prior.entries["fc1.weight"].retained_energy}
+    assert meta["entries"]["pos"] == {"kind": "diagonal", "shape": [8], "source": "per_batch"}
+    assert meta["entries"]["norm.weight"]["source"] == "per_example"
+    assert "head.weight" not in meta["entries"]
+    assert meta["transfer_state"] == {"has_v": True, "statistics": "own"}
+    assert meta["base_model"] == {"name": "Tiny", "revision": None, "class": "Tiny"}
+    assert len(meta["fingerprint"]) == 64
+
+
+def test_optimizer_statistics_store_only_the_step(tmp_path: Path) -> None:
+    src = make_srft("kfac", train_steps=2, optimizer="adam")  # Adam's exp_avg_sq is v: nothing of our own to store
+    src.save_pretrained(tmp_path, include_transfer_state=True)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["transfer_state"] == {"has_v": False,
+                                                                                    "statistics": "optimizer"}
+    dst = SRFTModel.from_pretrained(same_weights(src), tmp_path)
+    assert dst.step == 2
+
+
+@pytest.mark.parametrize("estimator", ["kfac", "diagonal"])
+def test_fresh_model_gives_identical_penalty_and_gradients(tmp_path: Path, estimator: str) -> None:
+    src = make_srft(estimator)
+    src.save_pretrained(tmp_path)
+    dst = SRFTModel.from_pretrained(tiny(), tmp_path)  # same seed: the same pretrained weights
+    for srft in (src, dst):
+        perturb_(srft.base_model)
+    penalty = src.prior_penalty()
+    assert float(penalty.detach()) > 0 and torch.equal(penalty, dst.prior_penalty())
+
+    penalty.backward()
+    dst.prior_penalty().backward()
+    for (name, a), b in zip(src.base_model.named_parameters(), dst.base_model.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        assert a.grad is None or torch.equal(a.grad, b.grad), name
+
+    for srft in (src, dst):  # the fused gradient (apply="grad") through one optimizer step
+        opt = torch.optim.SGD(srft.parameters(), lr=0.1)
+        for p in srft.parameters():
+            p.grad = torch.zeros_like(p)
+        srft.attach(opt)
+        opt.step()
+    for (name, a), b in zip(src.base_model.named_parameters(), dst.base_model.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_timm_vit_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5)
+    fresh = copy.deepcopy(vit)
+    targets = ["patch_embed.proj", "pos_embed", "cls_token", "blocks.0.attn.proj", "blocks.0.norm1"]  # small eighs
+    src = get_srft_model(vit, SRFTConfig(target_modules=targets, prior_rank=4, total_steps=10))
+    src.estimate_prior([torch.randn(2, 3, 32, 32)], progress=False)
+    src.save_pretrained(tmp_path)
+
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert meta["base_model"]["name"] == "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    assert meta["entries"]["patch_embed.proj.weight"]["shape"] == [192, 3, 8, 8]  # a Conv2d as a Linear
+    assert meta["entries"]["patch_embed.proj.weight"]["kind"] == "kfac"
+    assert "base_model: timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k" in (tmp_path / MODEL_CARD_NAME).read_text()
+
+    dst = SRFTModel.from_pretrained(fresh, tmp_path)
+    for srft in (src, dst):
+        perturb_(srft.base_model, scale=0.01)
+    assert torch.equal(src.prior_penalty(), dst.prior_penalty())
+
+
+def test_model_card(tmp_path: Path) -> None:
+    make_srft().save_pretrained(tmp_path)
+    card = (tmp_path / MODEL_CARD_NAME).read_text()
+    front = card.split("---\n")[1]
+    assert "library_name: srft-peft" in front
+    assert all(f"- {tag}\n" in front for tag in ("srft", "significance", "tracking"))
+    assert "16 examples in 2 batches" in card and "SRFTModel.from_pretrained(" in card
+
+
+def test_base_model_names() -> None:
+    hf = nn.Linear(1, 1)
+    hf.config = SimpleNamespace(_name_or_path="org/tracker", _commit_hash="abc123")
+    assert describe_base_model(hf) == {"name": "org/tracker", "revision": "abc123", "class": "Linear"}
+    assert describe_base_model(nn.Linear(1, 1))["name"] == "Linear"
+
+
+def test_from_pretrained_overrides(tmp_path: Path) -> None:
+    make_srft().save_pretrained(tmp_path)
+    srft = SRFTModel.from_pretrained(tiny(), tmp_path, lambda_prior=0.5, total_steps=100)
+    assert (srft.srft_config.lambda_prior, srft.srft_config.total_steps) == (0.5, 100)
+    with pytest.raises(ValueError, match="lambda_transfer"):
+        SRFTModel.from_pretrained(tiny(), tmp_path, lambda_transfer=2.0)
+    with pytest.raises(ValueError, match="prior_rank .*cannot be overridden"):
+        SRFTModel.from_pretrained(tiny(), tmp_path, prior_rank=8)
+    with pytest.raises(ValueError, match="unknown SRFTConfig field 'nope'"):
+        SRFTModel.from_pretrained(tiny(), tmp_path, nope=1)
+    with pytest.raises(ValueError, match="already an SRFTModel"):
+        SRFTModel.from_pretrained(srft, tmp_path)
+
+
+def test_saving_needs_a_prior(tmp_path: Path) -> None:
+    srft = get_srft_model(tiny(), SRFTConfig(total_steps=10))
+    with pytest.raises(RuntimeError, match="no prior significance"):
+        srft.save_pretrained(tmp_path)
+
+
+# --- bad inputs: a clear error, and nothing changed -----------------------------------------------------------------
+def rewrite_json(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        meta = json.loads((folder / CONFIG_NAME).read_text())
+        edit(meta)
+        (folder / CONFIG_NAME).write_text(json.dumps(meta))
+    return apply
+
+
+def rewrite_tensors(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        tensors = load_file(folder / SIGNIFICANCE_NAME)
+        edit(tensors)
+        save_file(tensors, folder / SIGNIFICANCE_NAME)
+    return apply
+
+
+def truncate(folder: Path) -> None:
+    data = (folder / SIGNIFICANCE_NAME).read_bytes()
+    (folder / SIGNIFICANCE_NAME).write_bytes(data[: len(data) // 2])
+
+
+class Exploit:
+    """Unpickling this creates a folder: the proof that nothing was unpickled is that the folder does not exist."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def pickle_instead(folder: Path) -> None:
+    (folder / SIGNIFICANCE_NAME).unlink()
+    Exploit.marker = str(folder / "unpickled")
+    (folder / "significance.bin").write_bytes(pickle.dumps(Exploit()))
+
+
+BAD_INPUTS = {
+    "missing config": (lambda d: (d / CONFIG_NAME).unlink(), FileNotFoundError, r"srft_config\.json' not found"),
+    "missing safetensors": (lambda d: (d / SIGNIFICANCE_NAME).unlink(), FileNotFoundError,
+                            r"significance\.safetensors' not found"),
+    "truncated safetensors": (truncate, ValueError, r"significance\.safetensors: not a readable safetensors file"),
+    "wrong shape": (rewrite_tensors(lambda t: t.update({"fc1.weight.U": torch.zeros(8, 2)})), ValueError,
+                    r"tensor 'fc1\.weight\.U' of parameter 'fc1\.weight' has shape \(8, 2\), expected \(8, 3\)"),
+    "missing tensor": (rewrite_tensors(lambda t: t.pop("fc2.weight.omega")), ValueError,
+                       r"missing tensor 'fc2\.weight\.omega' of parameter 'fc2\.weight'"),
+    "missing transfer v": (rewrite_tensors(lambda t: t.pop("transfer.v.pos")), ValueError,
+                           r"missing tensor 'transfer\.v\.pos' of parameter 'pos'"),
+    "extra tensor": (rewrite_tensors(lambda t: t.update({"fc3.weight.U": torch.zeros(2, 2)})), ValueError,
+                     r"unexpected tensor 'fc3\.weight\.U'"),
+    "non-finite tensor": (rewrite_tensors(lambda t: t["norm.weight.fisher"].fill_(float("nan"))), ValueError,
+                          r"'norm\.weight\.fisher' of parameter 'norm\.weight' must be finite"),
+    "pickle": (pickle_instead, ValueError, r"\['significance\.bin'\].*pickle files are not loaded because unpickling "
+                                           r"can execute arbitrary code"),
+    "malformed JSON": (lambda d: (d / CONFIG_NAME).write_text('{"format_version": 1,'), ValueError,
+                       r"srft_config\.json: malformed JSON"),
+    "value out of range": (rewrite_json(lambda m: m.update(transfer_beta=1.5)), ValueError,
+                           r"srft_config\.json: transfer_beta must be in \[0\.0, 1\.0\), got 1\.5"),
+    "missing format_version": (rewrite_json(lambda m: m.pop("format_version")), ValueError,
+                               r"srft_config\.json: required key 'format_version' is missing"),
+    "missing prior_estimator": (rewrite_json(lambda m: m.pop("prior_estimator")), ValueError,
+                                r"required key 'prior_estimator' is missing"),
+    "missing fingerprint": (rewrite_json(lambda m: m.pop("fingerprint")), ValueError,
+                            r"required key 'fingerprint' is missing"),
+    "newer format": (rewrite_json(lambda m: m.update(format_version=99)), ValueError, r"format 99 is newer"),
+    "edited entries": (rewrite_json(lambda m: m["entries"]["pos"].update(shape=[9])), ValueError,
+                       r"fingerprint does not match the entries"),
+    "malformed entry": (rewrite_json(lambda m: m["entries"]["pos"].update(source="guess")), ValueError,
+                        r"entry of parameter 'pos' needs source"),
+}
+
+
+@pytest.fixture
+def target() -> SRFTModel:
+    """A model under SRFT with its own prior, trained two steps and holding v: the state bad loads must not touch."""
+    return make_srft("kfac", data_seed=5, train_steps=2)
+
+
+def snapshot(srft: SRFTModel) -> dict:
+    return {"prior": srft.prior, "penalty": srft.prior_penalty().detach(), "state": srft.srft_state_dict(),
+            "config": dataclasses.replace(srft.srft_config),
+            "weights": {k: v.clone() for k, v in srft.base_model.state_dict().items()}}
+
+
+def assert_unchanged(srft: SRFTModel, before: dict) -> None:
+    after = snapshot(srft)
+    assert after["prior"] is before["prior"]
+    assert torch.equal(after["penalty"], before["penalty"]) and float(before["penalty"]) > 0
+    assert after["config"] == before["config"]
+    for key in ("step", "total_steps", "statistics"):
+        assert after["state"][key] == before["state"][key]
+    assert after["state"]["tensors"].keys() == before["state"]["tensors"].keys()
+    for key, t in before["state"]["tensors"].items():
+        assert torch.equal(after["state"]["tensors"][key], t), key
+    for key, t in before["weights"].items():
+        assert torch.equal(after["weights"][key], t), key
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("good")
+    make_srft("kfac", train_steps=1).save_pretrained(folder, include_transfer_state=True)
+    return folder
+
+
+@pytest.mark.parametrize("corrupt, error, message", list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
+def test_bad_input_raises_and_changes_nothing(tmp_path: Path, good_checkpoint: Path, target: SRFTModel, corrupt, error,
+                                              message) -> None:
+    shutil.copytree(good_checkpoint, tmp_path, dirs_exist_ok=True)
+    corrupt(tmp_path)
+    before = snapshot(target)
+    with pytest.raises(error, match=message):
+        target.load_significance(tmp_path)
+    assert_unchanged(target, before)
+    assert not (tmp_path / "unpickled").exists()
+
+
+def test_wrong_architecture_names_the_first_parameter(tmp_path: Path, target: SRFTModel) -> None:
+    make_srft("kfac", width=16).save_pretrained(tmp_path)
+    before = snapshot(target)
+    with pytest.raises(ValueError, match=r"does not match this model \(fingerprint .*parameter 'pos' has shape \(8,\) "
+                                         r"here and \(16,\) in the checkpoint"):
+        target.load_significance(tmp_path)
+    assert_unchanged(target, before)
+
+    base = tiny()
+    weights = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(ValueError, match="parameter 'pos' has shape"):
+        SRFTModel.from_pretrained(base, tmp_path)
+    assert all(torch.equal(v, weights[k]) for k, v in base.state_dict().items())
+
+
+def test_other_targets_or_estimator_are_refused(tmp_path: Path, target: SRFTModel) -> None:
+    make_srft("kfac").save_pretrained(tmp_path)
+    fewer = get_srft_model(tiny(), SRFTConfig(target_modules=["fc1", "fc2", "norm"], total_steps=10))
+    with pytest.raises(ValueError, match="parameter 'pos' of the checkpoint is not regularized by this model"):
+        fewer.load_significance(tmp_path)
+    assert fewer.prior is None
+    diagonal = make_srft("diagonal")
+    perturb_(diagonal.base_model)
+    before = snapshot(diagonal)
+    with pytest.raises(ValueError, match="parameter 'fc1.weight' is 'diagonal' here and 'kfac' in the checkpoint"):
+        diagonal.load_significance(tmp_path)
+    assert_unchanged(diagonal, before)
+
+
+def test_unknown_keys_warn_and_load(tmp_path: Path) -> None:
+    src = make_srft("kfac")
+    src.save_pretrained(tmp_path)
+    rewrite_json(lambda m: m.update(future_option=True, hessian_mode="exact"))(tmp_path)
+    target = make_srft("kfac", data_seed=5)
+    with pytest.warns(UserWarning, match=r"ignoring unknown keys \['future_option', 'hessian_mode'\]"):
+        prior = target.load_significance(tmp_path)
+    assert target.prior is prior
+    assert_prior_equal(prior, src.prior)
