@@ -4,6 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+# The test models are tiny: one intra-op thread is faster than two and keeps timings stable on a shared 2-core box.
+torch.set_num_threads(1)
+
 
 class TokenMLP(nn.Module):
     """A tiny token model: Linear -> LayerNorm -> tanh -> Linear, plus a free positional parameter."""
