@@ -12,7 +12,7 @@ demo: install
 
 test: install
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m mkdocs build --strict --quiet --site-dir /tmp/srft_peft_site
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --quiet --site-dir /tmp/srft_peft_site
 	$(PYTHON) -m pytest -q
 
 test-slow: install
