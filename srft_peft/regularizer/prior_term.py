@@ -10,7 +10,7 @@ Example:
     >>> p = torch.nn.Parameter(torch.ones(3))
     >>> term = PriorTerm([p], ["p"], PriorSignificance({"p": DiagonalSignificance("p", torch.full((3,), 2.0))}))
     >>> with torch.no_grad(): _ = p.add_(1.0)
-    >>> float(term.penalty([p]))
+    >>> float(term.penalty([p]).detach())
     3.0
 """
 
