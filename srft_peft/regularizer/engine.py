@@ -37,9 +37,14 @@ from .transfer import TransferTerm, ema_update_
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside wrappers such as accelerate's ``AcceleratedOptimizer``."""
+    """The torch optimizer inside wrappers such as accelerate's ``AcceleratedOptimizer``.
+
+    The wrapper may itself subclass ``torch.optim.Optimizer`` (accelerate's does, without its hook tables, and its
+    ``step()`` runs on every micro-batch): descend while there is an inner ``.optimizer``.
+    """
     inner = optimizer
-    while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
+    while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer) or (
+            not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer")):
         inner = inner.optimizer
     if not isinstance(inner, torch.optim.Optimizer):
         raise TypeError(f"attach() needs a torch.optim.Optimizer (or a wrapper with .optimizer), got "
