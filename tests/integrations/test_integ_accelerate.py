@@ -26,18 +26,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS = 6
 
 
-@pytest.fixture
-def accelerate_state():
-    """A fresh accelerate singleton state per test (accelerate keeps one per process)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE]), "OMP_NUM_THREADS": "1",
             "PYTHONWARNINGS": "ignore"}
