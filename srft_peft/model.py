@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .config import SRFTConfig
-from .integrations._forwarding import accepts_loss_kwargs, with_forward_signature
+from .integrations._forwarding import accepts_loss_kwargs, eager_module, with_forward_signature
 from .regularizer.engine import SRFTEngine
 from .significance.estimation import LossFn, estimate_prior_significance, model_loss
 from .significance.prior import PriorSignificance
@@ -106,9 +106,8 @@ class SRFTModel(nn.Module):
         ``loss_fn(model, batch) -> scalar`` is the calibration objective (a batch mean); without it the model's
         ``.loss`` is used when it returns one, else 1/2 ||f(x)||^2 (see ``calibration_objective``).
         """
-        model = getattr(self.base_model, "_orig_mod", self.base_model)  # eager under torch.compile: hooks must fire
-        prior = estimate_prior_significance(model, calibration_targets(self._engine.targets), dataloader,
-                                            self.srft_config, loss_fn=loss_fn, num_batches=num_batches,
+        prior = estimate_prior_significance(eager_module(self.base_model), calibration_targets(self._engine.targets),
+                                            dataloader, self.srft_config, loss_fn=loss_fn, num_batches=num_batches,
                                             progress=progress)
         self.set_prior(prior)
         return prior

@@ -33,6 +33,18 @@ def inner_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def eager_module(model: nn.Module) -> nn.Module:
+    """``model`` without ``torch.compile`` and (Distributed)DataParallel wrappers: calibration must run eagerly (its
+    hooks do not fire inside a compiled graph) and outside DDP (which expects a backward after each forward)."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def _rebuild(cls: type, wrapped_cls: type) -> Any:
     """Unpickling / deepcopy: an empty instance of the signature subclass (its state is set afterwards)."""
     return object.__new__(signature_class(cls, wrapped_cls))

@@ -150,7 +150,7 @@ def test_non_lora_parameters_keep_the_plain_prior_term():
     sub_params = [engine.params[i] for i in plain_index]
     alone = PriorTerm(sub_params, [engine.names[i] for i in plain_index], srft.prior)
     with torch.no_grad():  # re-anchor the stand-alone term where the combined one was anchored
-        for i, t0 in zip(range(len(plain_index)), alone.theta0):
+        for t0 in alone.theta0:
             t0.sub_(0.1)
     expected = alone.layout.new_buffer()
     alone.gradient_into_(sub_params, expected)
