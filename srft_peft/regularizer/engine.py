@@ -14,7 +14,7 @@ their ``step()`` on every step, with the gradients still scaled and an inf flag;
 ``found_inf`` from the optimizer, work on unscaled values and treat a flagged step as skipped.
 The penalty and the prior gradient are computed in the parameters' dtype with autocast disabled.
 All per-element state lives in flat buffers (see `layout`); the hot path is a fixed number of ``_foreach`` ops and one
-batched matmul per group of same-shaped matrices, with no ``.item()``.
+batched matmul per group of same-shaped matrices, with no ``.item()`` (except reading a fused optimizer's inf flag).
 """
 
 from __future__ import annotations
