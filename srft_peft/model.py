@@ -23,10 +23,11 @@ from torch import nn
 
 from .checkpoint import SignificanceCheckpointMixin
 from .config import SRFTConfig
+from .integrations._forwarding import accepts_loss_kwargs, eager_module, with_forward_signature
 from .regularizer.engine import SRFTEngine
 from .significance.estimation import LossFn, estimate_prior_significance, model_loss
 from .significance.prior import PriorSignificance
-from .targeting import same_device_dtype, select_targets
+from .targeting import calibration_targets, same_device_dtype, select_targets
 
 
 class SummaryTable(list):
@@ -62,6 +63,7 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
         object.__setattr__(self, "srft_config", config)
         object.__setattr__(self, "_engine", SRFTEngine(config, targets))
         object.__setattr__(self, "_warned_unattached", False)
+        with_forward_signature(self, model)  # forward shows the wrapped model's signature (transformers.Trainer)
 
     # --- attribute forwarding (like peft) ---------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -105,8 +107,9 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
         ``loss_fn(model, batch) -> scalar`` is the calibration objective (a batch mean); without it the model's
         ``.loss`` is used when it returns one, else 1/2 ||f(x)||^2 (see ``calibration_objective``).
         """
-        prior = estimate_prior_significance(self.base_model, self._engine.targets, dataloader, self.srft_config,
-                                            loss_fn=loss_fn, num_batches=num_batches, progress=progress)
+        prior = estimate_prior_significance(eager_module(self.base_model), calibration_targets(self._engine.targets),
+                                            dataloader, self.srft_config, loss_fn=loss_fn, num_batches=num_batches,
+                                            progress=progress)
         self.set_prior(prior)
         return prior
 
@@ -118,16 +121,31 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
     def prior(self) -> Optional[PriorSignificance]:
         return self._engine.prior
 
-    def attach(self, optimizer: Any, total_steps: Optional[int] = None) -> None:
+    def attach(self, optimizer: Any, total_steps: Optional[int] = None, accelerator: Any = None) -> None:
         """Hook ``optimizer``: the prior gradient before each step, the transfer damping after it.
 
         ``total_steps`` (T) overrides ``SRFTConfig.total_steps``. Works with wrapped optimizers such as accelerate's.
+        With ``accelerator`` (an ``accelerate.Accelerator``, after ``prepare``) it also makes the SRFT state identical
+        on every process and registers it for ``save_state``/``load_state``: see
+        :func:`srft_peft.integrations.accelerate.prepare_srft`.
         """
+        if accelerator is not None:
+            from .integrations.accelerate import prepare_srft
+
+            prepare_srft(accelerator, self, optimizer, total_steps)
+            return
         self._engine.attach(optimizer, total_steps)
 
     def detach(self) -> None:
         """Remove the optimizer hooks (the model and its weights stay as they are)."""
         self._engine.detach()
+
+    @property
+    def accepts_loss_kwargs(self) -> bool:
+        """Read by ``transformers.Trainer``: whether to pass ``num_items_in_batch`` and skip its division of the loss by
+        the accumulation steps. False with ``apply="loss"`` (the penalty added to every micro-batch's loss must be
+        averaged over the micro-batches to count once per optimizer step), else what the wrapped model says."""
+        return self.srft_config.apply != "loss" and accepts_loss_kwargs(self.base_model)
 
     def srft_loss(self) -> torch.Tensor:
         """lambda_p(t) R_prior at the current weights, for hand-written loops with ``apply="loss"``."""

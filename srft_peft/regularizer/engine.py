@@ -8,13 +8,18 @@ After it:
     4. theta <- theta - gamma(t) m (theta - theta_prev)
     5. t <- t + 1
 
-An optimizer step that a GradScaler skips calls neither hook, so it changes no statistic and no counter.
+An optimizer step that a GradScaler skips calls neither hook, so it changes no statistic and no counter. Fused or
+capturable optimizers (``_step_supports_amp_scaling``, e.g. ``AdamW(fused=True)``) are the exception: GradScaler calls
+their ``step()`` on every step, with the gradients still scaled and an inf flag; the hooks read ``grad_scale`` and
+``found_inf`` from the optimizer, work on unscaled values and treat a flagged step as skipped.
+The penalty and the prior gradient are computed in the parameters' dtype with autocast disabled.
 All per-element state lives in flat buffers (see `layout`); the hot path is a fixed number of ``_foreach`` ops and one
-batched matmul per group of same-shaped matrices, with no ``.item()``.
+batched matmul per group of same-shaped matrices, with no ``.item()`` (except reading a fused optimizer's inf flag).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -26,19 +31,52 @@ from ..schedule import coefficients, kappa
 from ..significance.prior import PriorSignificance
 from ..targeting import Target
 from .layout import FlatLayout
+from .lora_term import build_prior_term
 from .prior_term import PriorTerm
 from .transfer import TransferTerm, ema_update_
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside wrappers such as accelerate's ``AcceleratedOptimizer``."""
+    """The torch optimizer inside wrappers such as accelerate's ``AcceleratedOptimizer``.
+
+    The wrapper may itself subclass ``torch.optim.Optimizer`` (accelerate's does, without its hook tables, and its
+    ``step()`` runs on every micro-batch): descend while there is an inner ``.optimizer``.
+    """
     inner = optimizer
-    while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
+    while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer) or (
+            not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer")):
         inner = inner.optimizer
     if not isinstance(inner, torch.optim.Optimizer):
         raise TypeError(f"attach() needs a torch.optim.Optimizer (or a wrapper with .optimizer), got "
                         f"{type(optimizer).__name__}")
     return inner
+
+
+def _without_autocast(fn: Any) -> Any:
+    """Run an engine method with autocast off on the parameters' device: under bf16/fp16 autocast, U^T W V - P0 would
+    be computed in half precision and cancel catastrophically."""
+
+    @functools.wraps(fn)
+    def wrapper(self: SRFTEngine, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.layout.device.type, enabled=False):
+            return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
+def amp_step_state(optimizer: torch.optim.Optimizer) -> tuple[bool, Optional[torch.Tensor]]:
+    """(skipped, grad_scale) of a step that a GradScaler hands to an optimizer with ``_step_supports_amp_scaling``.
+
+    Such optimizers (fused/capturable Adam, AdamW, SGD, Adagrad) unscale and skip inside their kernel, so GradScaler
+    calls ``step()`` even when it found an inf, with ``optimizer.found_inf`` set and, unless ``unscale_`` ran first,
+    ``optimizer.grad_scale`` set and the gradients still scaled. Reading the flag costs one host sync, on this path
+    only (GradScaler's ordinary path syncs on it anyway).
+    """
+    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return False, None
+    found_inf = getattr(optimizer, "found_inf", None)
+    skipped = found_inf is not None and bool(found_inf.item())
+    return skipped, getattr(optimizer, "grad_scale", None)
 
 
 class SRFTEngine:
@@ -61,6 +99,7 @@ class SRFTEngine:
         self._workspace: Optional[torch.Tensor] = None
         self._handles: list[Any] = []
         self._pending: Optional[tuple[float, float]] = None
+        self._skipped = False  # the current step is one a GradScaler skips (fused optimizers only)
 
     # --- set-up -----------------------------------------------------------------------------------------------------
     def set_prior(self, prior: PriorSignificance) -> None:
@@ -68,7 +107,7 @@ class SRFTEngine:
         if self.step > 0:
             warnings.warn(f"SRFT: the prior is set after {self.step} optimizer steps; the anchor theta0 becomes the "
                           "current (already fine-tuned) weights", stacklevel=3)
-        term = PriorTerm(self.params, self.names, prior)
+        term = build_prior_term(self.targets, self.params, self.names, prior)
         old_layout, old_v = self.layout, self.v_flat
         self.prior, self.prior_term, self.layout = prior, term, term.layout
         self._workspace = None
@@ -128,14 +167,18 @@ class SRFTEngine:
         return coefficients(self.config, self.step, self.total_steps)
 
     # --- the penalty (loss mode and logging) ------------------------------------------------------------------------
+    @_without_autocast
     def penalty(self) -> torch.Tensor:
         """R_prior at the current weights (autograd graph); 0 without a prior."""
         if self.prior_term is None:
             return self.params[0].new_zeros((), dtype=torch.float32)
         return self.prior_term.penalty(self.params)
 
+    @torch.compiler.disable
     def loss_term(self) -> torch.Tensor:
-        """lambda_p(t) R_prior, the term ``apply="loss"`` adds to the loss."""
+        """lambda_p(t) R_prior, the term ``apply="loss"`` adds to the loss.
+
+        Run eagerly under ``torch.compile`` (lambda_p(t) changes every step and would force a recompilation)."""
         lam = self.coefficients()[0] if self.prior_term is not None else 0.0
         if lam == 0.0:
             return self.params[0].new_zeros((), dtype=torch.float32)
@@ -153,7 +196,11 @@ class SRFTEngine:
         return index, [self.params[i] for i in index], [self.params[i].grad for i in index]
 
     @torch.no_grad()
+    @_without_autocast
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._skipped, scale = amp_step_state(optimizer)
+        if self._skipped:
+            return
         lam, gamma = self.coefficients()
         self._pending = (lam, gamma)
         index, params, grads = self._live()
@@ -164,17 +211,24 @@ class SRFTEngine:
         live_views = [views[i] for i in index]
         if self.config.apply == "grad" and lam > 0.0 and self.prior_term is not None:
             self.prior_term.gradient_into_(self.params, ws)
+            if scale is not None:  # the optimizer divides every gradient by grad_scale itself
+                ws.mul_(scale.to(ws.dtype))
             torch._foreach_add_(grads, live_views, alpha=lam)
         if self.statistics == "own":
             if len(index) < len(self.params):
                 ws.zero_()  # a parameter without a gradient this step counts as a zero gradient
             torch._foreach_copy_(live_views, grads)
+            if scale is not None:
+                ws.div_(scale.to(ws.dtype))
             ema_update_(self.v_flat, ws, self.config.transfer_beta)
         if gamma > 0.0:
             torch._foreach_copy_(live_views, params)
 
     @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._skipped:  # the optimizer's kernel skipped this step: nothing moved, nothing to count
+            self._skipped = False
+            return
         lam, gamma = self._pending if self._pending is not None else self.coefficients()
         self._pending = None
         if gamma > 0.0:

@@ -1,0 +1,106 @@
+"""SRFT with an unchanged ``transformers.Trainer``: pass the `SRFTModel` as the model and add :class:`SRFTCallback`.
+
+::
+
+    srft = get_srft_model(hf_model, SRFTConfig(...))
+    srft.estimate_prior(calibration_batches)
+    trainer = Trainer(model=srft, args=args, train_dataset=ds, callbacks=[SRFTCallback(srft)])
+    trainer.train()
+
+How the pieces fit:
+
+* ``Trainer`` inspects the model's ``forward`` signature (which batch columns to keep, the label names, whether it can
+  return a loss, whether to pass ``num_items_in_batch``). An `SRFTModel` shows the wrapped model's signature (see
+  ``srft_peft.integrations._forwarding``), so datasets, collators, evaluation and metrics work as without SRFT.
+* ``apply="loss"``: the wrapper adds lambda_p(t) R_prior to ``outputs.loss`` in every training forward. It reports
+  ``accepts_loss_kwargs = False``, so the Trainer divides each micro-batch's loss by the accumulation steps and the
+  penalty counts once per optimizer step (with ``num_items_in_batch`` the Trainer would not divide and the penalty
+  would count once per micro-batch).
+* :class:`SRFTCallback` attaches the engine to the Trainer's optimizer at ``on_train_begin`` with
+  T = ``state.max_steps``. The optimizer hooks then run inside the Trainer's single ``optimizer.step()`` per
+  accumulation cycle: after the DDP all-reduce, the fp16 ``unscale_`` and the gradient clipping (so with
+  ``apply="grad"`` the prior gradient is not clipped; with ``apply="loss"`` it is part of the clipped gradient).
+* ``on_save`` writes the SRFT state (prior, anchors, statistics, step) to ``srft_state.pt`` in the checkpoint folder;
+  ``train(resume_from_checkpoint=...)`` restores it at ``on_train_begin``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Optional
+
+import torch
+from transformers import TrainerCallback
+
+from ..model import SRFTModel
+from .accelerate import SRFTState, find_srft_model, sync_srft_state
+
+__all__ = ["SRFT_STATE_NAME", "SRFTCallback"]
+
+#: File name of the SRFT training state inside a Trainer checkpoint folder.
+SRFT_STATE_NAME = "srft_state.pt"
+
+
+class SRFTCallback(TrainerCallback):
+    """Runs SRFT inside ``transformers.Trainer``.
+
+    Args:
+        srft: the `SRFTModel` (the Trainer's ``model``; with ``apply="grad"`` it may also wrap the model the Trainer
+            trains, since the work happens in optimizer hooks).
+        total_steps: T for the schedule; default ``state.max_steps`` of the run.
+        resume_from: a checkpoint folder holding ``srft_state.pt`` to resume from; by default, when the Trainer
+            resumes (``state.global_step > 0``), ``args.resume_from_checkpoint`` and then
+            ``<output_dir>/checkpoint-<global_step>`` are tried.
+    """
+
+    def __init__(self, srft: Any, total_steps: Optional[int] = None, resume_from: Optional[str] = None) -> None:
+        self.srft: SRFTModel = find_srft_model(srft)
+        self.total_steps = total_steps
+        self.resume_from = resume_from
+
+    # --- events -------------------------------------------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> None:
+        srft = self.srft
+        if optimizer is None:
+            raise RuntimeError("SRFTCallback: the Trainer has no optimizer at on_train_begin")
+        if srft.srft_config.apply == "loss" and model is not None and not _wraps(model, srft):
+            raise ValueError("SRFTCallback: apply='loss' adds the penalty in SRFTModel.forward, but the Trainer trains "
+                             f"{type(model).__name__}; pass the SRFTModel as Trainer(model=srft, ...) or use "
+                             "apply='grad'")
+        sync_srft_state(srft)
+        srft.attach(optimizer, self.total_steps or state.max_steps)
+        if state.global_step > 0:
+            self._resume(args, state)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(folder):
+            torch.save(SRFTState(self.srft).state_dict(), os.path.join(folder, SRFT_STATE_NAME))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.srft.detach()
+
+    # --- resumption ---------------------------------------------------------------------------------------------------
+    def _resume(self, args: Any, state: Any) -> None:
+        candidates = [self.resume_from, getattr(args, "resume_from_checkpoint", None),
+                      os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
+        for folder in candidates:
+            if isinstance(folder, str) and os.path.isfile(os.path.join(folder, SRFT_STATE_NAME)):
+                saved = torch.load(os.path.join(folder, SRFT_STATE_NAME), map_location="cpu", weights_only=True)
+                SRFTState(self.srft).load_state_dict(saved)
+                return
+        warnings.warn(f"SRFT: resuming at global step {state.global_step} without {SRFT_STATE_NAME} (looked in "
+                      f"{[c for c in candidates if isinstance(c, str)]}); the schedule continues from that step but the "
+                      "transfer statistics restart and the anchors are the current prior's", stacklevel=2)
+        self.srft._engine.step = state.global_step
+
+
+def _wraps(model: Any, srft: SRFTModel) -> bool:
+    try:
+        return find_srft_model(model) is srft
+    except TypeError:
+        return False

@@ -1,0 +1,65 @@
+"""Two-process scenarios, run by test_integ_accelerate.py as ``torchrun --standalone --nproc_per_node 2 <this> OUT``.
+
+Every rank writes what it ends with to OUT; the test compares ranks with each other and with one process.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from _integ_common import calibration_batches, engine_state, flat_params, make_srft, srft_config, tiny_vit
+from _integ_common import train_accelerate as train
+from accelerate import Accelerator
+
+from srft_peft import get_srft_model
+from srft_peft.integrations.accelerate import prior_to_state
+from srft_peft.regularizer.prior_term import PriorTerm
+
+STEPS, GLOBAL_BATCH = 6, 8
+
+
+def main(out: str) -> None:
+    accelerator = Accelerator(cpu=True)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    assert world == 2 and torch.distributed.is_initialized(), (world, torch.distributed.is_initialized())
+    shard = calibration_batches()[rank::world]
+
+    # (5) the prior from two shards (the sums are all-reduced once inside estimate_prior)
+    srft = make_srft(estimate=False)
+    prior = srft.estimate_prior(shard, progress=False)
+    torch.save(prior_to_state(prior), f"{out}/prior_rank{rank}.pt")
+
+    # (1) DDP training in both apply modes: each rank half of every global batch
+    for apply in ("grad", "loss"):
+        srft = make_srft(apply, estimate=False, total_steps=STEPS)
+        srft.estimate_prior(shard, progress=False)
+        model, _, _ = train(accelerator, srft, STEPS, GLOBAL_BATCH, micro=GLOBAL_BATCH // world)
+        assert isinstance(model, torch.nn.parallel.DistributedDataParallel), type(model)
+        torch.save({"params": flat_params(srft), **engine_state(srft)}, f"{out}/{apply}_rank{rank}.pt")
+
+    # SRFT state is not a module buffer: DDP (broadcast_buffers=True) must leave a rank-local change alone
+    engine = srft._engine
+    state_ptrs = {t.data_ptr() for t in [engine.v_flat, *engine.prior_term.state_tensors().values()]}
+    buffer_ptrs = {b.data_ptr() for b in model.module.buffers()}
+    keys_ok = all(k.startswith("base_model.") for k in model.module.state_dict())
+    marker = float(rank + 1)
+    engine.v_flat[0] = marker
+    model(**calibration_batches(1)[0])  # a DDP forward: broadcasts rank 0's buffers to rank 1
+    torch.save({"shared_with_buffers": len(state_ptrs & buffer_ptrs), "state_dict_keys_ok": keys_ok,
+                "marker_kept": float(engine.v_flat[0]) == marker, "broadcast_buffers": model.broadcast_buffers},
+               f"{out}/buffers_rank{rank}.pt")
+
+    # prepare_srft makes the state identical: here the ranks start from different weights (rank-dependent seed), so
+    # their anchors differ until prepare (DDP broadcasts rank 0's weights, prepare_srft rank 0's SRFT state)
+    srft = get_srft_model(tiny_vit(seed=10 + rank), srft_config(total_steps=STEPS))
+    srft.estimate_prior(shard, progress=False)
+    before = engine_state(srft)
+    train(accelerator, srft, STEPS, GLOBAL_BATCH, micro=GLOBAL_BATCH // world, stop_after=0)
+    fresh = PriorTerm(srft._engine.params, srft._engine.names, srft._engine.prior).state_tensors()
+    torch.save({"before": before, "after": engine_state(srft), "fresh": fresh, "params": flat_params(srft)},
+               f"{out}/sync_rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,168 @@
+"""SRFT under an unchanged transformers.Trainer with SRFTCallback."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import pickle
+
+import pytest
+import torch
+from _integ_common import calibration_batches, examples, flat_params, make_srft, tiny_vit
+
+from srft_peft import SRFTModel
+from srft_peft.integrations.transformers import SRFT_STATE_NAME, SRFTCallback
+
+STEPS = 6
+
+
+def _dataset(n: int = 8 * STEPS) -> list[dict]:
+    batch = examples(0, range(n), salt=3)
+    return [{"pixel_values": batch["pixel_values"][i], "labels": int(batch["labels"][i])} for i in range(n)]
+
+
+def _args(tmp_path, batch: int = 8, accumulation: int = 1, **overrides):
+    import transformers
+
+    fields = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=batch,
+                  per_device_eval_batch_size=8, gradient_accumulation_steps=accumulation, max_steps=STEPS,
+                  learning_rate=1e-2, lr_scheduler_type="constant", save_strategy="no", logging_strategy="no",
+                  disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    fields.update(overrides)
+    return transformers.TrainingArguments(**fields)
+
+
+def _trainer(model, args, callbacks=(), **kwargs):
+    import transformers
+
+    return transformers.Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=list(callbacks), **kwargs)
+
+
+def _count_steps(srft: SRFTModel) -> list:
+    calls: list = []
+    original = srft._engine._before_step
+
+    def counting(optimizer, args, kwargs):
+        calls.append(optimizer)
+        return original(optimizer, args, kwargs)
+
+    srft._engine._before_step = counting
+    return calls
+
+
+def test_trainer_sees_the_wrapped_models_signature(accelerate_state, tmp_path):
+    from transformers.utils import can_return_loss, find_labels
+
+    srft = make_srft("loss")
+    base_signature = inspect.signature(type(srft.base_model).forward)
+    assert inspect.signature(type(srft).forward) == base_signature
+    assert list(inspect.signature(srft.forward).parameters) == list(base_signature.parameters)[1:]
+    assert find_labels(type(srft)) == ["labels"] and can_return_loss(type(srft)) == can_return_loss(
+        type(srft.base_model))
+    assert isinstance(srft, SRFTModel) and type(srft).__name__ == "SRFTModel[ViTForImageClassification]"
+    trainer = _trainer(srft, _args(tmp_path), callbacks=[SRFTCallback(srft)])
+    assert trainer.label_names == ["labels"]
+    assert trainer.model_accepts_loss_kwargs is False  # apply="loss": the Trainer divides by the accumulation steps
+    grad_srft = make_srft("grad")
+    assert _trainer(grad_srft, _args(tmp_path)).model_accepts_loss_kwargs is True  # as for the bare ViT
+    for clone in (copy.deepcopy(srft), pickle.loads(pickle.dumps(srft))):
+        assert type(clone) is type(srft)
+        torch.testing.assert_close(flat_params(clone), flat_params(srft))
+
+
+def test_trainer_default_columns_train_and_evaluate(accelerate_state, tmp_path):
+    srft = make_srft("loss", total_steps=STEPS)
+    calls = _count_steps(srft)
+    trainer = _trainer(srft, _args(tmp_path, batch=4, accumulation=2), callbacks=[SRFTCallback(srft)],
+                       eval_dataset=_dataset(16))
+    trainer.train()  # remove_unused_columns=True (default): pixel_values and labels must survive
+    assert trainer.state.global_step == STEPS
+    assert srft.step == len(calls) == STEPS  # once per optimizer step, not per micro-batch
+    assert not srft._engine.attached  # detached at on_train_end
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics and metrics["eval_loss"] > 0
+
+
+def _train(tmp_path, apply: str | None, accumulation: int = 1, lambda_prior: float = 200.0):
+    """apply=None: the plain model (no SRFT)."""
+    if apply is None:
+        model = tiny_vit()
+        trainer = _trainer(model, _args(tmp_path, batch=8 // accumulation, accumulation=accumulation))
+        trainer.train()
+        return model, None
+    srft = make_srft(apply, total_steps=STEPS, lambda_prior=lambda_prior)
+    calls = _count_steps(srft)
+    trainer = _trainer(srft, _args(tmp_path, batch=8 // accumulation, accumulation=accumulation),
+                       callbacks=[SRFTCallback(srft)])
+    trainer.train()
+    assert srft.step == len(calls) == trainer.state.global_step == STEPS
+    return srft, srft
+
+
+@pytest.mark.parametrize("apply", ["grad", "loss"])
+def test_trainer_accumulation_4x2_equals_batch_8(accelerate_state, tmp_path, apply):
+    big, _ = _train(tmp_path / "big", apply)
+    acc, _ = _train(tmp_path / "acc", apply, accumulation=4)
+    torch.testing.assert_close(flat_params(acc), flat_params(big), rtol=1e-4, atol=2e-5)
+    stronger, _ = _train(tmp_path / "x4", apply, lambda_prior=800.0)  # what a per-micro-batch penalty would give
+    assert (flat_params(stronger) - flat_params(big)).abs().max() > 100 * 2e-5
+
+
+@pytest.mark.parametrize("apply", ["grad", "loss"])
+def test_trainer_regularized_run_stays_closer_to_theta0(accelerate_state, tmp_path, apply):
+    reference = make_srft(apply)  # the prior of the pretrained weights, to measure both runs with
+    theta0 = flat_params(reference.base_model)
+    plain, _ = _train(tmp_path / "plain", None)
+    regularized, srft = _train(tmp_path / "srft", apply)
+    plain_params = dict(plain.named_parameters())
+    with torch.no_grad():
+        for name, p in reference.base_model.named_parameters():
+            p.copy_(plain_params[name])
+        plain_penalty = float(reference.prior_penalty().detach())
+    srft_penalty = float(srft.prior_penalty().detach())
+    assert srft_penalty < 0.5 * plain_penalty
+    regularized_names = set(srft.regularized_parameters)
+    mask = torch.cat([torch.full((p.numel(),), n in regularized_names)
+                      for n, p in plain.named_parameters()])
+    plain_distance = (flat_params(plain) - theta0)[mask].norm()
+    srft_distance = (flat_params(srft.base_model) - theta0)[mask].norm()
+    assert 0 < srft_distance < plain_distance
+
+
+def test_trainer_resume_restores_srft_state(accelerate_state, tmp_path):
+    _, uninterrupted = _train(tmp_path / "full", "grad")
+    expected = flat_params(uninterrupted)
+
+    srft = make_srft("grad", total_steps=STEPS)
+    args = _args(tmp_path / "run", save_strategy="steps", save_steps=3)
+    trainer = _trainer(srft, args, callbacks=[SRFTCallback(srft)])
+    trainer.train()
+    saved = torch.load(tmp_path / "run" / "checkpoint-3" / SRFT_STATE_NAME, weights_only=True)
+    assert saved["engine"]["step"] == 3 and "prior" in saved
+
+    fresh = make_srft("grad", total_steps=STEPS, estimate=False)  # the prior comes from the checkpoint
+    trainer = _trainer(fresh, args, callbacks=[SRFTCallback(fresh)])
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))
+    assert fresh.step == STEPS
+    torch.testing.assert_close(flat_params(fresh), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_callback_refuses_loss_mode_when_the_trainer_bypasses_the_wrapper(accelerate_state, tmp_path):
+    srft = make_srft("loss")
+    trainer = _trainer(srft.base_model, _args(tmp_path), callbacks=[SRFTCallback(srft)])
+    with pytest.raises(ValueError, match="apply='loss'"):
+        trainer.train()
+
+
+def test_callback_grad_mode_works_on_the_bare_model(accelerate_state, tmp_path):
+    srft = make_srft("grad", total_steps=STEPS)
+    trainer = _trainer(srft.base_model, _args(tmp_path), callbacks=[SRFTCallback(srft)])
+    trainer.train()
+    assert srft.step == STEPS
+
+
+def test_calibration_batches_are_trainer_compatible():
+    # the HF model returns .loss on these batches, so estimate_prior uses the model's own objective
+    srft = make_srft(estimate=False)
+    prior = srft.estimate_prior(calibration_batches(), progress=False)
+    assert prior.objective == "model_loss"
