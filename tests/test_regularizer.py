@@ -223,3 +223,12 @@ def test_scaler_skipped_step_changes_nothing(token_mlp, token_batches):
     scaler.update()
     assert srft.step == 0 and torch.equal(srft._engine.v_flat, v)
     assert all(torch.equal(a, b) for a, b in zip(before, token_mlp.parameters()))
+
+
+def test_memory_footprint_counts_srft_buffers(token_mlp, token_batches):
+    srft = prepared(token_mlp, token_batches)
+    train(token_mlp, token_batches, steps=2, srft=srft)
+    mem = srft.memory_footprint()
+    assert mem["workspace"] == mem["parameters"]  # one flat workspace; Adam's exp_avg_sq reused for v
+    assert mem["statistics"] == 0 and mem["rank_damping"] == 0
+    assert mem["prior"] > 0

@@ -256,11 +256,7 @@ class SRFTEngine:
         def size(tensors: Any) -> int:
             return sum(t.numel() * t.element_size() for t in tensors)
 
-        prior = 0
-        if self.prior_term is not None:
-            for _g, *tensors in self.prior_term.groups:
-                prior += size(tensors)
-            prior += size(self.prior_term.fisher) + size(self.prior_term.theta0)
+        prior = self.prior_term.nbytes() if self.prior_term is not None else 0
         return {
             "parameters": size(self.params),
             "workspace": size([self._workspace]) if self._workspace is not None else 0,

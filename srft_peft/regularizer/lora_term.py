@@ -120,6 +120,10 @@ class LoRAPriorTerm:
             torch.bmm(U, torch.bmm(M, AV.transpose(1, 2)), out=B)  # dR/dB = s U M (A V)^T
             torch.bmm(torch.bmm(UtB.transpose(1, 2), M), Vt, out=A)  # dR/dA = s (U^T B)^T M V^T
 
+    def nbytes(self) -> int:
+        """Bytes of the significance and anchor tensors this term holds."""
+        return sum(t.numel() * t.element_size() for g in self.groups for t in g if isinstance(t, torch.Tensor))
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The anchors P0, one per group of adapters."""
         return {f"lora{j}.P0": g[-1] for j, g in enumerate(self.groups)}
@@ -190,6 +194,9 @@ class CombinedPriorTerm:
         if self.plain is not None:
             self.plain.gradient_into_(self._plain_params(params), workspace)
         self.lora.gradient_into_(params, workspace)
+
+    def nbytes(self) -> int:
+        return self.lora.nbytes() + (self.plain.nbytes() if self.plain is not None else 0)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = self.lora.state_tensors()

@@ -91,6 +91,11 @@ class PriorTerm:
             torch._foreach_sub_(diag_views, self.theta0)
             torch._foreach_mul_(diag_views, self.fisher)
 
+    def nbytes(self) -> int:
+        """Bytes of the significance and anchor tensors this term holds."""
+        tensors = [t for _g, *group in self.groups for t in group] + self.fisher + self.theta0
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The anchor data this term holds (for training checkpoints): P0 per group and theta0 per diagonal parameter."""
         out = {f"group{j}.P0": P0 for j, (*_, P0) in enumerate(self.groups)}
