@@ -219,7 +219,7 @@ class Sequence:
 
     Example:
         >>> seq = Sequence("toy", [Path("0.jpg")], [], np.array([[1, 2, 3, 4]]), modality="rgb")
-        >>> seq.visible.tolist(), seq.init_box.tolist()
+        >>> seq.visible.tolist(), seq.get_init_box().tolist()
         ([True], [1.0, 2.0, 3.0, 4.0])
     """
 
