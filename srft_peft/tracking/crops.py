@@ -139,7 +139,7 @@ def crop_and_resize(
     if ix1 <= ix0 or iy1 <= iy0:  # the window lies entirely outside the image
         out = torch.zeros(channels, out_size, out_size, dtype=torch.float32)
         return out if fill is None else out + fill
-    sub = torch.from_numpy(np.ascontiguousarray(image[iy0:iy1, ix0:ix1])).permute(2, 0, 1)[None].float()
+    sub = torch.from_numpy(np.array(image[iy0:iy1, ix0:ix1], copy=True)).permute(2, 0, 1)[None].float()
     if fill is not None:
         sub = sub - fill
     sub_h, sub_w = iy1 - iy0, ix1 - ix0
