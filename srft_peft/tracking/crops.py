@@ -1,9 +1,22 @@
-"""Square crops around a box, their inverse mapping, and ImageNet normalisation (shared by training and inference).
+"""Square crops around a box, their inverse mapping, and ImageNet normalisation: the one implementation that training
+(:class:`~srft_peft.tracking.sampling.TrackingPairDataset`) and inference (:class:`~srft_peft.tracking.tracker.Tracker`)
+share, so that a model sees the same geometry and the same resampling in both.
 
-Geometry: for a reference box (x, y, w, h) and factor f, the crop is the square of side
-``s = ceil(sqrt(w·h)·f)`` whose top-left corner is ``x0 = floor(x + w/2 - s/2 + 0.5)`` (same for y), resized to
-``output_size``; ``resize_factor = output_size / s``. A point u in the image maps to ``(u - x0)·resize_factor`` in the
-crop, and :func:`map_box_back` applies the exact inverse. Pixels outside the image are padded (zeros by default).
+Coordinates are continuous pixel coordinates: pixel ``i`` covers ``[i, i + 1)``, a box ``x, y, w, h`` covers
+``[x, x + w) × [y, y + h)`` and has its centre at ``(x + w/2, y + h/2)``.
+
+Windows. For a reference box and factor f the crop is a square *window* ``(x0, y0, side)`` of the image:
+
+* ``exact=True`` (the model crops: training pairs and the Tracker): ``side = sqrt(w·h)·f`` and the window is centred
+  on the box, ``x0 = x + w/2 - side/2`` — sub-pixel, no rounding;
+* ``exact=False`` (OSTrack's integer rule, the default of the pixel-level helpers): ``side = ceil(sqrt(w·h)·f)``,
+  ``x0 = floor(x + w/2 - side/2 + 0.5)``.
+
+Resampling (:func:`crop_and_resize`, used by every crop): output pixel ``u`` of an ``S``-pixel crop samples the image
+bilinearly at ``x0 + (u + 0.5)·side/S`` (pixel centres, i.e. OpenCV ``INTER_LINEAR`` / ``align_corners=False``; no
+anti-aliasing, as in OSTrack's ``cv2.resize``); outside the image the value is 0 (or the image mean). A point ``p`` of
+the image maps to ``(p - x0)·S/side`` in the crop and :func:`map_box_back` / :func:`box_from_window` apply the exact
+inverse.
 
 Example:
     >>> import numpy as np
@@ -20,13 +33,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "box_from_window",
+    "box_in_window",
     "box_to_crop",
     "clip_box",
+    "crop_and_resize",
+    "crop_tensor",
     "crop_window",
     "map_box_back",
     "normalize_image",
@@ -35,7 +52,9 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
+_PADS = ("zeros", "mean")
+
+Window = tuple[float, float, float]
 
 
 def _as_box(box_xywh: Sequence[float] | np.ndarray | torch.Tensor, name: str = "box_xywh") -> np.ndarray:
@@ -47,13 +66,26 @@ def _as_box(box_xywh: Sequence[float] | np.ndarray | torch.Tensor, name: str = "
     return box
 
 
-def crop_window(box_xywh: Sequence[float] | np.ndarray, search_area_factor: float) -> tuple[int, int, int]:
-    """Top-left corner and side ``(x0, y0, side)`` in image pixels of the square crop around ``box_xywh``."""
+def crop_window(
+    box_xywh: Sequence[float] | np.ndarray, search_area_factor: float, exact: bool = False
+) -> tuple[float, float, float]:
+    """Top-left corner and side ``(x0, y0, side)`` in image pixels of the square crop around ``box_xywh``.
+
+    ``exact=False``: OSTrack's integer window (``int`` values); ``exact=True``: the sub-pixel window centred on the box
+    (``float`` values). See the module docstring.
+
+    Example:
+        >>> crop_window((40, 40, 20, 20), 2.0), crop_window((40.5, 40, 20, 20), 2.0, exact=True)
+        ((30, 30, 40), (30.5, 30.0, 40.0))
+    """
     x, y, w, h = _as_box(box_xywh)
     if w <= 0 or h <= 0:
         raise ValueError(f"box_xywh must have positive width and height, got {box_xywh!r}")
     if not search_area_factor > 0:
         raise ValueError(f"search_area_factor must be > 0, got {search_area_factor!r}")
+    if exact:
+        side = math.sqrt(w * h) * float(search_area_factor)
+        return float(x + 0.5 * w - 0.5 * side), float(y + 0.5 * h - 0.5 * side), float(side)
     side = math.ceil(math.sqrt(w * h) * search_area_factor)
     if side < 1:
         raise ValueError(f"crop around {box_xywh!r} with factor {search_area_factor} is smaller than one pixel")
@@ -62,22 +94,61 @@ def crop_window(box_xywh: Sequence[float] | np.ndarray, search_area_factor: floa
     return x0, y0, side
 
 
-def _resize_uint8(img: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of an HWC uint8 array to (size, size, C) with PIL (any channel count)."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return img.copy()
-    c = img.shape[2]
-    if c % 3 == 0:
-        parts = [
-            np.asarray(Image.fromarray(np.ascontiguousarray(img[:, :, i : i + 3])).resize((size, size), _BILINEAR))
-            for i in range(0, c, 3)
-        ]
-    else:
-        parts = [
-            np.asarray(Image.fromarray(np.ascontiguousarray(img[:, :, i])).resize((size, size), _BILINEAR))[..., None]
-            for i in range(c)
-        ]
-    return np.concatenate(parts, axis=2)
+def _check_window(window: Sequence[float]) -> tuple[float, float, float]:
+    try:
+        x0, y0, side = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be (x0, y0, side), got {window!r}") from None
+    if not (math.isfinite(x0) and math.isfinite(y0) and math.isfinite(side) and side > 0):
+        raise ValueError(f"window must be finite with side > 0, got {window!r}")
+    return x0, y0, side
+
+
+def crop_and_resize(
+    image: np.ndarray, window: Sequence[float], output_size: int, pad: str = "zeros"
+) -> torch.Tensor:
+    """Bilinear crop of ``window = (x0, y0, side)`` (sub-pixel allowed) from an ``(H, W, C)`` uint8 image.
+
+    Returns a ``(C, S, S)`` float32 tensor in [0, 255] (not rounded, not normalised). Output pixel ``u`` samples the
+    image at the continuous position ``x0 + (u + 0.5)·side/S``; outside the image the value is 0 (``pad="zeros"``,
+    OSTrack's zero padding) or the per-channel image mean (``pad="mean"``). Only the part of the image the window
+    touches is converted.
+
+    Example:
+        >>> crop_and_resize(np.full((8, 8, 6), 100, np.uint8), (2, 2, 4), 4).shape
+        torch.Size([6, 4, 4])
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"image must be an (H, W, C) uint8 numpy array, got {type(image).__name__} {shape}")
+    if isinstance(output_size, bool) or not isinstance(output_size, (int, np.integer)) or output_size <= 0:
+        raise ValueError(f"output_size must be a positive int, got {output_size!r}")
+    if pad not in _PADS:
+        raise ValueError(f"pad must be one of {list(_PADS)}, got {pad!r}")
+    x0, y0, side = _check_window(window)
+    out_size = int(output_size)
+    height, width, channels = image.shape
+    fill = None
+    if pad == "mean":
+        fill = torch.from_numpy(image.reshape(-1, channels).mean(0, dtype=np.float64)).float().view(-1, 1, 1)
+    # The image region the window touches, plus a 1-pixel margin for the bilinear neighbours.
+    ix0 = max(int(math.floor(x0)) - 1, 0)
+    iy0 = max(int(math.floor(y0)) - 1, 0)
+    ix1 = min(int(math.ceil(x0 + side)) + 1, width)
+    iy1 = min(int(math.ceil(y0 + side)) + 1, height)
+    if ix1 <= ix0 or iy1 <= iy0:  # the window lies entirely outside the image
+        out = torch.zeros(channels, out_size, out_size, dtype=torch.float32)
+        return out if fill is None else out + fill
+    sub = torch.from_numpy(np.array(image[iy0:iy1, ix0:ix1], copy=True)).permute(2, 0, 1)[None].float()
+    if fill is not None:
+        sub = sub - fill
+    sub_h, sub_w = iy1 - iy0, ix1 - ix0
+    pos = (torch.arange(out_size, dtype=torch.float64) + 0.5) * (side / out_size)
+    gx = ((x0 - ix0) + pos) * (2.0 / sub_w) - 1.0  # align_corners=False: -1/+1 are the outer pixel edges
+    gy = ((y0 - iy0) + pos) * (2.0 / sub_h) - 1.0
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None].float()
+    out = F.grid_sample(sub, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    return out if fill is None else out + fill
 
 
 def sample_target(
@@ -87,8 +158,9 @@ def sample_target(
     output_size: int,
     *,
     pad: str = "zeros",
+    exact: bool = False,
 ) -> tuple[np.ndarray, float]:
-    """Crop a square of side ``ceil(sqrt(w·h)·factor)`` centred on the box, pad outside the image, resize.
+    """Crop the square window around the box (:func:`crop_window`), pad outside the image, resize; as uint8.
 
     Args:
         image: (H, W, C) uint8 (C = 3 for RGB, 6 for RGB + X stacked on the channel axis).
@@ -96,27 +168,93 @@ def sample_target(
         search_area_factor: crop side / sqrt(box area) (2 for templates, 4 for search regions in OSTrack).
         output_size: side of the returned crop.
         pad: ``"zeros"`` or ``"mean"`` (per-channel image mean) for pixels outside the image.
+        exact: sub-pixel window instead of OSTrack's integer one.
 
     Returns:
-        ``(crop (output_size, output_size, C) uint8, resize_factor = output_size / side)``.
+        ``(crop (output_size, output_size, C) uint8, resize_factor = output_size / side)``; the pixels are
+        :func:`crop_and_resize`'s, rounded.
     """
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.uint8:
-        shape = getattr(image, "shape", None)
-        raise ValueError(f"image must be an (H, W, C) uint8 numpy array, got {type(image).__name__} {shape}")
-    if not isinstance(output_size, (int, np.integer)) or output_size <= 0:
-        raise ValueError(f"output_size must be a positive int, got {output_size!r}")
-    if pad not in ("zeros", "mean"):
-        raise ValueError(f"pad must be 'zeros' or 'mean', got {pad!r}")
-    x0, y0, side = crop_window(box_xywh, search_area_factor)
-    h_img, w_img, c = image.shape
-    fill = np.zeros(c, np.uint8) if pad == "zeros" else np.round(image.reshape(-1, c).mean(0)).astype(np.uint8)
-    canvas = np.empty((side, side, c), np.uint8)
-    canvas[...] = fill
-    ix0, iy0 = max(x0, 0), max(y0, 0)
-    ix1, iy1 = min(x0 + side, w_img), min(y0 + side, h_img)
-    if ix1 > ix0 and iy1 > iy0:
-        canvas[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = image[iy0:iy1, ix0:ix1]
-    return _resize_uint8(canvas, int(output_size)), float(output_size) / side
+    window = crop_window(box_xywh, search_area_factor, exact=exact)
+    crop = crop_and_resize(image, window, output_size, pad=pad)
+    crop8 = crop.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(crop8), float(output_size) / window[2]
+
+
+def crop_tensor(
+    image: np.ndarray,
+    box_xywh: Sequence[float] | np.ndarray,
+    search_area_factor: float,
+    output_size: int,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    pad: str = "zeros",
+    exact: bool = True,
+) -> tuple[torch.Tensor, tuple[float, float, float]]:
+    """The model input: the crop around the box, normalised with ``mean``/``std`` (repeated for every 3 channels).
+
+    Training pairs and the :class:`~srft_peft.tracking.tracker.Tracker` both call this, so they use the same window
+    rule (sub-pixel by default), the same resampling and the same normalisation (no uint8 rounding in between).
+
+    Returns:
+        ``(crop (C, S, S) float32, window (x0, y0, side))``; map boxes with :func:`box_in_window` /
+        :func:`box_from_window` and this window.
+
+    Example:
+        >>> t, win = crop_tensor(np.zeros((50, 60, 6), np.uint8), (10, 10, 10, 10), 2.0, 16)
+        >>> t.shape, win
+        (torch.Size([6, 16, 16]), (5.0, 5.0, 20.0))
+    """
+    window = crop_window(box_xywh, search_area_factor, exact=exact)
+    crop = crop_and_resize(image, window, output_size, pad=pad)
+    reps, rem = divmod(crop.shape[0], 3)
+    if rem or len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"crop_tensor needs a multiple of 3 channels and 3 mean/std values, got {crop.shape[0]} "
+                         f"channels, mean {mean!r}, std {std!r}")
+    m = torch.tensor(tuple(mean) * reps, dtype=torch.float32).view(-1, 1, 1) * 255.0
+    s = torch.tensor(tuple(std) * reps, dtype=torch.float32).view(-1, 1, 1) * 255.0
+    return crop.sub_(m).div_(s), window
+
+
+def box_in_window(
+    box_xywh: Sequence[float] | np.ndarray,
+    window: Sequence[float],
+    output_size: float | None = None,
+    clip: bool = False,
+) -> np.ndarray:
+    """Image box -> the same box in the crop of ``window``: top-left x, y, w, h (float64, shape (4,)).
+
+    Normalised by the crop side (values in [0, 1] when inside) when ``output_size`` is None, else in pixels of an
+    ``output_size`` crop. ``clip`` keeps only the part of the box inside the crop.
+
+    Example:
+        >>> box_in_window((40, 40, 20, 20), (30, 30, 40)).tolist()
+        [0.25, 0.25, 0.5, 0.5]
+    """
+    x, y, w, h = _as_box(box_xywh)
+    x0, y0, side = _check_window(window)
+    if output_size is None:
+        limit = 1.0
+        out = np.array([(x - x0) / side, (y - y0) / side, w / side, h / side])
+    else:
+        limit = float(output_size)
+        r = limit / side
+        out = np.array([(x - x0) * r, (y - y0) * r, w * r, h * r])
+    if clip:
+        x1, y1 = np.clip(out[:2], 0.0, limit)
+        x2, y2 = np.clip(out[:2] + out[2:], 0.0, limit)
+        out = np.array([x1, y1, x2 - x1, y2 - y1])
+    return out
+
+
+def box_from_window(
+    box_crop_xywh: Sequence[float] | np.ndarray, window: Sequence[float], output_size: float | None = None
+) -> np.ndarray:
+    """Exact inverse of :func:`box_in_window` (without clipping): crop box -> image x, y, w, h (float64, (4,))."""
+    box = _as_box(box_crop_xywh, "box_crop_xywh")
+    x0, y0, side = _check_window(window)
+    inv = side if output_size is None else side / float(output_size)
+    return np.array([x0 + box[0] * inv, y0 + box[1] * inv, box[2] * inv, box[3] * inv])
 
 
 def box_to_crop(
@@ -125,15 +263,16 @@ def box_to_crop(
     search_area_factor: float,
     output_size: int,
     normalize: bool = False,
+    *,
+    exact: bool = False,
+    clip: bool = False,
 ) -> np.ndarray:
     """Map an image box into the crop made by ``sample_target(image, crop_ref_box_xywh, factor, output_size)``.
 
     Returns x, y, w, h in crop pixels, or divided by ``output_size`` (values in [0, 1] when inside) if ``normalize``.
     """
-    box = _as_box(box_xywh)
-    x0, y0, side = crop_window(crop_ref_box_xywh, search_area_factor)
-    r = output_size / side
-    out = np.array([(box[0] - x0) * r, (box[1] - y0) * r, box[2] * r, box[3] * r])
+    window = crop_window(crop_ref_box_xywh, search_area_factor, exact=exact)
+    out = box_in_window(box_xywh, window, output_size, clip=clip)
     return out / output_size if normalize else out
 
 
@@ -142,12 +281,12 @@ def map_box_back(
     crop_ref_box_xywh: Sequence[float] | np.ndarray,
     search_area_factor: float,
     output_size: int,
+    *,
+    exact: bool = False,
 ) -> np.ndarray:
     """Exact inverse of :func:`box_to_crop`: crop-pixel x, y, w, h -> image x, y, w, h (float64, shape (4,))."""
-    box = _as_box(box_crop_xywh, "box_crop_xywh")
-    x0, y0, side = crop_window(crop_ref_box_xywh, search_area_factor)
-    inv = side / output_size
-    return np.array([x0 + box[0] * inv, y0 + box[1] * inv, box[2] * inv, box[3] * inv])
+    window = crop_window(crop_ref_box_xywh, search_area_factor, exact=exact)
+    return box_from_window(box_crop_xywh, window, output_size)
 
 
 def clip_box(box_xywh: Sequence[float] | np.ndarray, height: int, width: int, margin: float = 10) -> np.ndarray:

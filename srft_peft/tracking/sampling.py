@@ -9,8 +9,9 @@ Crop geometry (continuous pixel coordinates: pixel ``i`` covers ``[i, i + 1)``, 
   ``ε ~ N(0, 1)`` per axis, ``c' = c + sqrt(w'·h') · center_jitter · (u - 0.5)`` with ``u ~ U(0, 1)`` per axis —
   and a square of side ``sqrt(w'·h') · search_factor`` (4) centred on ``c'`` is resized to ``search_size`` (256).
   With the defaults (centre 3, factor 4) the target centre always lies inside the search crop;
-* the crop is sampled bilinearly at the exact (sub-pixel) window; outside the image the pixels are 0 (before
-  normalisation, as OSTrack's zero padding);
+* the crop is :func:`~srft_peft.tracking.crops.crop_tensor` — the function the
+  :class:`~srft_peft.tracking.tracker.Tracker` uses at inference: sampled bilinearly at the exact (sub-pixel) window,
+  0 outside the image (before normalisation, as OSTrack's zero padding);
 * boxes in a crop are ``((x - x0) / side, (y - y0) / side, w / side, h / side)`` — top-left ``x, y, w, h``
   normalised by the crop side — then clipped to ``[0, 1]`` (the part of the target inside the crop).
 
@@ -29,16 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
+from .crops import IMAGENET_MEAN, IMAGENET_STD, box_in_window, crop_tensor
 from .datasets import Sequence
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PairSamplingConfig", "TrackingPairDataset", "collate"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass
 class PairSamplingConfig:
@@ -76,50 +73,6 @@ class PairSamplingConfig:
             raise ValueError(f"PairSamplingConfig.max_gap must be a non-negative integer, got {self.max_gap!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"PairSamplingConfig.mean/std must be 3 values (std > 0), got {self.mean}, {self.std}")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Crop math
-# ----------------------------------------------------------------------------------------------------------------------
-def _crop_window(box: np.ndarray, factor: float) -> tuple[float, float, float]:
-    """Square window ``(x0, y0, side)`` of side ``sqrt(w*h)*factor`` centred on ``box`` (continuous coordinates)."""
-    x, y, w, h = (float(v) for v in box)
-    side = math.sqrt(w * h) * factor
-    return x + w / 2 - side / 2, y + h / 2 - side / 2, side
-
-
-def _box_in_crop(box: np.ndarray, window: tuple[float, float, float], clip: bool = True) -> np.ndarray:
-    """Box ``x, y, w, h`` (image pixels) -> top-left ``x, y, w, h`` normalised by the crop ``window``."""
-    x0, y0, side = window
-    x, y, w, h = (float(v) for v in box)
-    nx1, ny1, nx2, ny2 = (x - x0) / side, (y - y0) / side, (x + w - x0) / side, (y + h - y0) / side
-    if clip:
-        nx1, ny1, nx2, ny2 = (min(max(v, 0.0), 1.0) for v in (nx1, ny1, nx2, ny2))
-    return np.asarray([nx1, ny1, nx2 - nx1, ny2 - ny1], dtype=np.float32)
-
-
-def _crop_and_resize(image: np.ndarray, window: tuple[float, float, float], out_size: int) -> torch.Tensor:
-    """Bilinear crop of ``window = (x0, y0, side)`` from an ``(H, W, C)`` uint8 image -> ``(C, S, S)`` float32 in
-    [0, 255]; outside the image the value is 0. Output pixel ``u`` samples the image at the continuous position
-    ``x0 + (u + 0.5) * side / S``."""
-    x0, y0, side = window
-    height, width = image.shape[:2]
-    # Only convert the part of the image the window touches (plus a 1-pixel margin for bilinear interpolation).
-    ix0 = max(int(math.floor(x0)) - 1, 0)
-    iy0 = max(int(math.floor(y0)) - 1, 0)
-    ix1 = min(int(math.ceil(x0 + side)) + 1, width)
-    iy1 = min(int(math.ceil(y0 + side)) + 1, height)
-    channels = image.shape[2]
-    if ix1 <= ix0 or iy1 <= iy0:  # window entirely outside the image
-        return torch.zeros(channels, out_size, out_size, dtype=torch.float32)
-    sub = torch.from_numpy(np.ascontiguousarray(image[iy0:iy1, ix0:ix1])).permute(2, 0, 1)[None].float()
-    sub_h, sub_w = iy1 - iy0, ix1 - ix0
-    pos = (torch.arange(out_size, dtype=torch.float64) + 0.5) * (side / out_size)
-    gx = ((x0 - ix0) + pos) * (2.0 / sub_w) - 1.0  # align_corners=False: -1/+1 are the outer pixel edges
-    gy = ((y0 - iy0) + pos) * (2.0 / sub_h) - 1.0
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None].float()
-    out = F.grid_sample(sub, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -162,10 +115,7 @@ class TrackingPairDataset(Dataset):
         if not self.sequences:
             raise ValueError("no sequence has a visible target")
         self._visible = [np.flatnonzero(s.visible) for s in self.sequences]
-        channels = 3 if self.config.rgb_only else 6
-        self.channels = channels
-        self._mean = torch.tensor(self.config.mean * (channels // 3), dtype=torch.float32).view(-1, 1, 1) * 255.0
-        self._std = torch.tensor(self.config.std * (channels // 3), dtype=torch.float32).view(-1, 1, 1) * 255.0
+        self.channels = 3 if self.config.rgb_only else 6
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -202,9 +152,6 @@ class TrackingPairDataset(Dataset):
         centre = np.asarray(box[:2], dtype=np.float64) + np.asarray(box[2:4]) / 2 + max_offset * (rng.random(2) - 0.5)
         return np.concatenate([centre - wh / 2, wh])
 
-    def _normalise(self, crop: torch.Tensor) -> torch.Tensor:
-        return crop.sub_(self._mean).div_(self._std)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
@@ -213,15 +160,20 @@ class TrackingPairDataset(Dataset):
         k, t, s = self._sample_frames(rng)
         seq = self.sequences[k]
         t_box, s_box = seq.gt[t], seq.gt[s]
-        t_win = _crop_window(t_box, cfg.template_factor)
-        s_win = _crop_window(self.jitter_box(s_box, rng), cfg.search_factor)
-        template = _crop_and_resize(seq.load_frame(t, rgb_only=cfg.rgb_only), t_win, cfg.template_size)
-        search = _crop_and_resize(seq.load_frame(s, rgb_only=cfg.rgb_only), s_win, cfg.search_size)
+        norm = {"mean": cfg.mean, "std": cfg.std}
+        # The same crop function (sub-pixel window, bilinear, zero padding, normalisation) as the Tracker's.
+        template, t_win = crop_tensor(
+            seq.load_frame(t, rgb_only=cfg.rgb_only), t_box, cfg.template_factor, cfg.template_size, **norm
+        )
+        search, s_win = crop_tensor(
+            seq.load_frame(s, rgb_only=cfg.rgb_only), self.jitter_box(s_box, rng), cfg.search_factor,
+            cfg.search_size, **norm
+        )
         return {
-            "template": self._normalise(template),
-            "search": self._normalise(search),
-            "template_box": torch.from_numpy(_box_in_crop(t_box, t_win)),
-            "search_box": torch.from_numpy(_box_in_crop(s_box, s_win)),
+            "template": template,
+            "search": search,
+            "template_box": torch.from_numpy(box_in_window(t_box, t_win, clip=True).astype(np.float32)),
+            "search_box": torch.from_numpy(box_in_window(s_box, s_win, clip=True).astype(np.float32)),
         }
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .crops import _as_box, clip_box, map_box_back, normalize_image, sample_target
+from .crops import _as_box, box_from_window, clip_box, crop_tensor
 from .model import decode_center_maps
 
 __all__ = ["Tracker", "hann2d"]
@@ -37,6 +37,9 @@ def hann2d(size: int, device: torch.device | str | None = None) -> torch.Tensor:
 
 class Tracker:
     """Template cropped once at :meth:`initialize`; :meth:`track` searches around the previous box.
+
+    Crops are :func:`~srft_peft.tracking.crops.crop_tensor`, the function the training pairs
+    (:class:`~srft_peft.tracking.sampling.TrackingPairDataset`) use: same sub-pixel window, resampling and normalisation.
 
     Args:
         model: an ``OSTrackRGBX`` (or any module with ``config.template_size``/``search_size``/``mode`` returning
@@ -85,8 +88,8 @@ class Tracker:
         """Crop and store the template around the first-frame box (x, y, w, h, pixels)."""
         self._check_image(image)
         box = _as_box(box_xywh)
-        crop, _ = sample_target(image, box, self.template_factor, self.template_size)
-        self.template = normalize_image(crop).unsqueeze(0).to(self.device)
+        crop, _ = crop_tensor(image, box, self.template_factor, self.template_size)
+        self.template = crop.unsqueeze(0).to(self.device)
         self.state = box
 
     @torch.no_grad()
@@ -95,8 +98,8 @@ class Tracker:
         if self.template is None or self.state is None:
             raise RuntimeError("call initialize(image, box) before track(image)")
         self._check_image(image)
-        crop, _ = sample_target(image, self.state, self.search_factor, self.search_size)
-        search = normalize_image(crop).unsqueeze(0).to(self.device)
+        crop, window = crop_tensor(image, self.state, self.search_factor, self.search_size)
+        search = crop.unsqueeze(0).to(self.device)
         out = self.model(self.template, search)
         score = out["score_map"].float()
         if self.use_window:
@@ -107,7 +110,7 @@ class Tracker:
         box_norm = decode_center_maps(score, out["size_map"].float(), out["offset_map"].float())[0]
         cx, cy, w, h = (box_norm * self.search_size).tolist()
         box_crop = np.array([cx - 0.5 * w, cy - 0.5 * h, w, h])
-        box = map_box_back(box_crop, self.state, self.search_factor, self.search_size)
+        box = box_from_window(box_crop, window, self.search_size)
         box = clip_box(box, image.shape[0], image.shape[1], margin=self.margin)
         self.state = box
         return box.copy(), confidence

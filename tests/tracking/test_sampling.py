@@ -9,16 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from srft_peft.tracking.crops import box_in_window, crop_and_resize, crop_window
 from srft_peft.tracking.datasets import Sequence
-from srft_peft.tracking.sampling import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TrackingPairDataset,
-    _box_in_crop,
-    _crop_and_resize,
-    _crop_window,
-    collate,
-)
+from srft_peft.tracking.sampling import IMAGENET_MEAN, IMAGENET_STD, TrackingPairDataset, collate
 
 SIZE = dict(template_size=32, search_size=64)
 
@@ -29,23 +22,23 @@ def test_crop_mapping_by_hand():
     image[40:60, 40:60] = 255
     box = np.array([40.0, 40.0, 20.0, 20.0])
     # Template: side = sqrt(20 * 20) * 2 = 40 centred on (50, 50) -> window [30, 70) x [30, 70).
-    window = _crop_window(box, 2.0)
+    window = crop_window(box, 2.0, exact=True)
     assert window == (30.0, 30.0, 40.0)
     # Normalised top-left box: ((40 - 30) / 40, (40 - 30) / 40, 20 / 40, 20 / 40).
-    assert _box_in_crop(box, window).tolist() == [0.25, 0.25, 0.5, 0.5]
+    assert box_in_window(box, window, clip=True).tolist() == [0.25, 0.25, 0.5, 0.5]
     # Resized to 128: the square must cover output pixels 32..95 (0.25 * 128 .. 0.75 * 128 - 1).
-    crop = _crop_and_resize(image, window, 128)
+    crop = crop_and_resize(image, window, 128)
     assert crop.shape == (6, 128, 128) and crop.dtype == torch.float32
     rows, cols = torch.nonzero(crop[0] > 127.5, as_tuple=True)
     assert (rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()) == (32, 95, 32, 95)
     assert torch.equal(crop[0], crop[5])  # all channels cropped alike
     # Search-style window of factor 4 off the image border: the outside is zero and the box is clipped to [0, 1].
     window = (-50.0, -50.0, 100.0)
-    crop = _crop_and_resize(image, window, 50)
+    crop = crop_and_resize(image, window, 50)
     rows, cols = torch.nonzero(crop[0] > 127.5, as_tuple=True)
     assert (rows.min().item(), rows.max().item()) == (45, 49)  # square [40, 60) -> [45, 55), cut at the crop edge
-    assert _box_in_crop(box, window).tolist() == pytest.approx([0.9, 0.9, 0.1, 0.1])
-    assert _box_in_crop(box, window, clip=False).tolist() == pytest.approx([0.9, 0.9, 0.2, 0.2])
+    assert box_in_window(box, window, clip=True).tolist() == pytest.approx([0.9, 0.9, 0.1, 0.1])
+    assert box_in_window(box, window, clip=False).tolist() == pytest.approx([0.9, 0.9, 0.2, 0.2])
 
 
 def _square_sequence(tmp_path: Path, n: int = 12, modality: str = "rgbt") -> Sequence:
@@ -146,3 +139,16 @@ def test_dataloader_workers_reproduce_single_process(tmp_path):
     assert single["search"].shape == (8, 6, 64, 64)
     assert torch.equal(torch.cat([p["search"] for p in parts]), single["search"])
     assert torch.equal(torch.cat([p["search_box"] for p in parts]), single["search_box"])
+
+
+def test_training_crops_equal_tracker_crops(tmp_path):
+    """The sampler and the Tracker share one crop function: same template pixels for the same frame and box."""
+    from srft_peft.tracking import OSTrackRGBX, Tracker, TrackerConfig
+
+    seq = _square_sequence(tmp_path, n=6)
+    ds = TrackingPairDataset([seq], samples_per_epoch=4, seed=0, **SIZE)
+    tracker = Tracker(OSTrackRGBX(TrackerConfig(variant="tiny", mode="dual_stream", **SIZE)))
+    for index in range(4):
+        _, t, _ = ds.sample_frames(index)
+        tracker.initialize(seq.load_frame(t), seq.gt[t])
+        assert torch.equal(tracker.template[0], ds[index]["template"])

@@ -1,0 +1,171 @@
+"""The fine-tuning examples end to end (accelerate with 2 gloo processes, plain python), exact resumption, and the
+method presets of srft_peft.tracking.training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from srft_peft.tracking import OSTrackRGBX, TrackerConfig
+from srft_peft.tracking.training import (
+    METHODS,
+    FinetuneConfig,
+    build_finetune_model,
+    build_parser,
+    config_from_args,
+    finetune_rgbx,
+    format_results_table,
+    method_srft_config,
+)
+
+from .conftest import REPO
+
+DATASETS = {"rgbt": "lasher", "rgbd": "depthtrack", "rgbe": "visevent"}
+
+
+def quick_flags(tiny_data, modality: str, out) -> list[str]:
+    return ["--data-root", str(tiny_data[modality]), "--pretrained", str(tiny_data["tracker"]),
+            "--rgb-root", str(tiny_data["rgb"]), "--output-dir", str(out), "--steps", "2", "--batch-size", "2",
+            "--prior-batches", "1", "--eval-sequences", "1", "--eval-frames", "6", "--save-every", "0",
+            "--report-to", "none", "--no-progress", "--srft", "prior_rank=4"]
+
+
+def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("modality", ["rgbt", "rgbd", "rgbe"])
+def test_example_with_two_processes(modality, tiny_data, example_env, tmp_path):
+    out = tmp_path / modality
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(REPO / "examples" / f"finetune_{modality}.py"), *quick_flags(tiny_data, modality, out)]
+    proc = run(cmd, example_env)
+    assert "on 2 process(es)" in proc.stdout
+    assert proc.stdout.count("RGB-X test") == 2  # the table is printed once, by the main process
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_processes"] == 2 and results["steps"] == 2 and results["dataset"] == DATASETS[modality]
+    assert {"PR", "NPR", "SR"} <= set(results["metrics"]) and {"PR", "SR"} <= set(results["baseline_metrics"])
+    if modality == "rgbd":
+        assert "F" in results["metrics"]  # DepthTrack's long-term protocol
+    for name in ("success.png", "precision.png", "norm_precision.png"):
+        assert (out / "plots" / name).stat().st_size > 0
+    assert (out / "prior" / "significance.safetensors").is_file() and (out / "model" / "config.json").is_file()
+
+
+def test_example_plain_python_with_rgb_retention(tiny_data, example_env, tmp_path):
+    out = tmp_path / "plain"
+    cmd = [sys.executable, str(REPO / "examples" / "finetune_rgbt.py"), *quick_flags(tiny_data, "rgbt", out),
+           "--evaluate-rgb", "--report-to", "tensorboard"]
+    proc = run(cmd, example_env)
+    assert "on 1 process(es)" in proc.stdout and "RGB test" in proc.stdout and "plots:" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert {"rgb_metrics", "baseline_rgb_metrics"} <= set(results)
+    assert list((out / "finetune").rglob("events.out.tfevents*"))  # TensorBoard logs
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, fresh_accelerate):
+    """Save at step 2 of 4, resume from it: the final weights equal those of the run that was not interrupted."""
+    common = dict(method="srft", data_root=str(tiny_data["rgbt"]), pretrained=str(tiny_data["tracker"]),
+                  rgb_root=str(tiny_data["rgb"]), steps=4, batch_size=2, grad_accum=2, prior_batches=1,
+                  save_every=2, keep_checkpoints=0, report_to=None, progress=False, evaluate_baseline=False,
+                  eval_sequences=1, eval_frames=3, srft_overrides={"prior_rank": 4}, seed=3)
+    out = tmp_path / "run"
+    first = finetune_rgbx(FinetuneConfig(**common, output_dir=str(out)))
+    assert first["steps"] == 4
+    full = load_file(str(out / "model" / "model.safetensors"))
+    # Simulate an interruption after step 2: only the step-2 checkpoint (and the saved prior) remain.
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "step_000004")
+    shutil.rmtree(out / "model")
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = finetune_rgbx(FinetuneConfig(**common, output_dir=str(out), resume="latest"))
+    assert resumed["steps"] == 4 and resumed["prior"].endswith("(resume)")
+    again = load_file(str(out / "model" / "model.safetensors"))
+    assert full.keys() == again.keys()
+    changed = [k for k in full if not torch.equal(full[k], again[k])]
+    assert not changed, changed[:5]
+    # ... and training did move the weights away from the RGB initialisation.
+    start = OSTrackRGBX.from_rgb(__import__("srft_peft.tracking", fromlist=["load_tracker"]).load_tracker(
+        tiny_data["tracker"]), "dual_stream").state_dict()
+    assert not torch.equal(start["backbone_x.blocks.0.attn.qkv.weight"], full["backbone_x.blocks.0.attn.qkv.weight"])
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("srft",)])
+def test_every_method_trains_and_evaluates(method, tiny_data, tmp_path, fresh_accelerate, recwarn):
+    results = finetune_rgbx(FinetuneConfig(
+        method=method, data_root=str(tiny_data["rgbt"]), pretrained=str(tiny_data["tracker"]),
+        rgb_root=str(tiny_data["rgb"]), output_dir=str(tmp_path / method), steps=2, batch_size=2, prior_batches=1,
+        save_every=0, report_to=None, progress=False, evaluate_baseline=False, eval_sequences=1, eval_frames=3,
+        srft_overrides={"prior_rank": 4} if method in ("srft-prior-only", "ewc") else {},
+    ))
+    assert results["method"] == method and 0.0 <= results["metrics"]["SR"] <= 1.0
+    assert (tmp_path / method / "model" / "model.safetensors").is_file()
+    if method == "lora":
+        assert (tmp_path / method / "adapter" / "adapter_config.json").is_file()
+    assert method in format_results_table(results)
+    # AdamW weight decay is 0 on SRFT-regularized parameters (else the engine warns that it pulls them toward 0)
+    assert not [w for w in recwarn if "weight_decay" in str(w.message)]
+
+
+def _trainable(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_method_presets_build_the_intended_configs_and_trainable_sets():
+    torch.manual_seed(0)
+    rgb = OSTrackRGBX(TrackerConfig(variant="tiny", template_size=32, search_size=64))
+    srft = method_srft_config("srft", 100)
+    assert (srft.prior_estimator, srft.kappa_shape, srft.lambda_prior, srft.lambda_transfer, srft.total_steps) == (
+        "kfac", "cosine", 1.0, 1.0, 100)
+    assert method_srft_config("srft-prior-only", 10).lambda_transfer == 0.0
+    assert method_srft_config("srft-transfer-only", 10).lambda_prior == 0.0
+    for name in ("ewc", "l2sp"):
+        cfg = method_srft_config(name, 10)
+        assert (cfg.prior_estimator, cfg.kappa_shape, cfg.lambda_transfer) == ("diagonal", "constant", 0.0)
+    assert method_srft_config("srft", 10, {"prior_rank": 4, "lambda_prior": 2.0}).lambda_prior == 2.0
+    for name in ("full", "prompt", "lora"):
+        assert method_srft_config(name, 10) is None
+    with pytest.raises(ValueError, match="does not use SRFT"):
+        method_srft_config("full", 10, {"prior_rank": 4})
+
+    dual = build_finetune_model("srft", rgb)
+    assert dual.config.mode == "dual_stream"
+    names = _trainable(dual)
+    assert names == {n for n, _ in dual.named_parameters() if not n.startswith("box_head.")}
+    assert _trainable(build_finetune_model("full", rgb)) == names
+    prompt = build_finetune_model("prompt", rgb)
+    assert prompt.config.mode == "prompt" and all(n.startswith("prompt.") for n in _trainable(prompt))
+    lora = build_finetune_model("lora", rgb, lora_r=4)
+    lora_names = _trainable(lora)
+    assert lora_names and all(".lora_A." in n or ".lora_B." in n for n in lora_names)
+    wrapped = {n.split(".lora_")[0].replace("base_model.model.", "") for n in lora_names}
+    assert any(w.startswith("backbone_x.") for w in wrapped) and any(w.startswith("fusion.") for w in wrapped)
+    assert {w.rsplit(".", 1)[-1] for w in wrapped} == {"qkv", "proj", "fc1", "fc2"}
+
+
+def test_command_line_maps_onto_the_config():
+    args = build_parser("rgbd").parse_args(["--method", "ewc", "--steps", "7", "--lr", "3e-4", "--resume",
+                                            "--srft", "prior_rank=8", "--srft", "kappa_shape=linear",
+                                            "--no-evaluate-baseline", "--mixed-precision", "bf16"])
+    cfg = config_from_args(args)
+    assert (cfg.method, cfg.modality, cfg.steps, cfg.lr, cfg.resume) == ("ewc", "rgbd", 7, 3e-4, "latest")
+    assert cfg.srft_overrides == {"prior_rank": 8, "kappa_shape": "linear"}
+    assert cfg.evaluate_baseline is False and cfg.mixed_precision == "bf16" and cfg.dataset_name == "depthtrack"
+    assert cfg.learning_rate == 3e-4 and FinetuneConfig(method="lora").learning_rate == 1e-3
+    with pytest.raises(ValueError, match="method must be one of"):
+        FinetuneConfig(method="adapter")
+    with pytest.raises(ValueError, match="unknown SRFTConfig fields"):
+        FinetuneConfig(srft_overrides={"prior_rnak": 4})
