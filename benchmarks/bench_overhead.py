@@ -67,7 +67,10 @@ from typing import Any, Optional
 import timm
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+if (HERE.parent / "srft_peft").is_dir():  # run from a checkout: benchmark this checkout's library, not an installed one
+    sys.path.insert(0, str(HERE.parent))
 from baselines import AuthorsStep, EWCLoss  # noqa: E402
 
 import srft_peft.regularizer.engine as srft_engine  # noqa: E402
