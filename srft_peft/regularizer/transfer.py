@@ -103,7 +103,15 @@ class TransferTerm:
 
 def ema_update_(v_flat: torch.Tensor, grad_sq_flat: torch.Tensor, beta: float) -> None:
     """v <- beta v + (1 - beta) g^2, unless some gradient is non-finite (then v is left as it is). No host sync:
-    ``grad_sq_flat`` holds the gradients on entry and is used as workspace."""
-    finite = torch.isfinite(grad_sq_flat).all()
-    grad_sq_flat.mul_(grad_sq_flat).mul_(1.0 - beta).add_(v_flat, alpha=beta)
-    torch.where(finite, grad_sq_flat, v_flat, out=v_flat)
+    ``grad_sq_flat`` holds the gradients on entry and is used as workspace.
+
+    Four elementwise passes. The non-finite check is GradScaler's fused one-pass kernel (with scale 1, so the values
+    stay as they are): ``torch.isfinite(x).all()`` is a composite of abs, ne, eq, and and all, with three temporaries,
+    and cost more than everything else in the update together (measured 171 ms vs 8 ms for 21.7 M floats on CPU).
+    """
+    found_inf = torch.zeros(1, device=v_flat.device, dtype=torch.float32)
+    torch._amp_foreach_non_finite_check_and_unscale_([grad_sq_flat], found_inf,
+                                                     torch.ones(1, device=v_flat.device, dtype=torch.float32))
+    grad_sq_flat.mul_(grad_sq_flat)
+    torch.lerp(v_flat, grad_sq_flat, 1.0 - beta, out=grad_sq_flat)
+    torch.where(found_inf == 0, grad_sq_flat, v_flat, out=v_flat)
