@@ -38,13 +38,25 @@ def rank_damping(v: torch.Tensor, config: SRFTConfig) -> torch.Tensor:
     return m.view_as(v)
 
 
+def nonnegative_sums(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum of each tensor (all elements >= 0, so its L1 norm) as one (P,) tensor, without a host sync.
+
+    On CUDA one ``_foreach_norm`` launch; on CPU a plain sum per tensor, about 3x faster than ``_foreach_norm(., 1)``
+    there (measured 7 ms vs 22 ms for the 150 tensors of ViT-S, one thread).
+    """
+    tensors = list(tensors)
+    if tensors[0].device.type == "cpu":
+        return torch.stack([t.reshape(-1).sum() for t in tensors])
+    return torch.stack(torch._foreach_norm(tensors, 1))
+
+
 def hoyer_sparsity(v: Sequence[torch.Tensor], scratch: Sequence[torch.Tensor]) -> torch.Tensor:
     """Hoyer measure of sqrt(v) per tensor, (sqrt(N) - |x|_1/|x|_2) / (sqrt(N) - 1), as one (P,) tensor. Uses
     ``scratch`` (same shapes as v) as workspace."""
     torch._foreach_copy_(list(scratch), list(v))
     torch._foreach_sqrt_(list(scratch))
-    l1 = torch.stack(torch._foreach_norm(list(scratch), 1))
-    l2 = torch.stack(torch._foreach_norm(list(v), 1)).sqrt()
+    l1 = nonnegative_sums(scratch)
+    l2 = nonnegative_sums(v).sqrt()
     n = torch.tensor([float(t.numel()) for t in v], device=l1.device, dtype=l1.dtype).sqrt()
     ratio = torch.where(l2 > 0, l1 / l2.clamp_min(1e-30), n)
     return torch.where(n > 1, (n - ratio) / (n - 1).clamp_min(1e-12), torch.ones_like(n)).clamp(0, 1)
@@ -80,7 +92,7 @@ class TransferTerm:
                 torch._foreach_add_(out, cfg.damping_min)
             torch._foreach_mul_(out, gamma)
             return
-        sums = torch.stack(torch._foreach_norm(list(v), 1)).float()
+        sums = nonnegative_sums(v).float()
         key = tuple(index)
         if key not in self._numel_cache:
             self._numel_cache = {key: torch.tensor([float(self._numels[i]) for i in index], device=sums.device)}
@@ -103,7 +115,15 @@ class TransferTerm:
 
 def ema_update_(v_flat: torch.Tensor, grad_sq_flat: torch.Tensor, beta: float) -> None:
     """v <- beta v + (1 - beta) g^2, unless some gradient is non-finite (then v is left as it is). No host sync:
-    ``grad_sq_flat`` holds the gradients on entry and is used as workspace."""
-    finite = torch.isfinite(grad_sq_flat).all()
-    grad_sq_flat.mul_(grad_sq_flat).mul_(1.0 - beta).add_(v_flat, alpha=beta)
-    torch.where(finite, grad_sq_flat, v_flat, out=v_flat)
+    ``grad_sq_flat`` holds the gradients on entry and is used as workspace.
+
+    Four elementwise passes. The non-finite check is GradScaler's fused one-pass kernel (with scale 1, so the values
+    stay as they are): ``torch.isfinite(x).all()`` is a composite of abs, ne, eq, and and all, with three temporaries,
+    and cost more than everything else in the update together (measured 171 ms vs 8 ms for 21.7 M floats on CPU).
+    """
+    found_inf = torch.zeros(1, device=v_flat.device, dtype=torch.float32)
+    torch._amp_foreach_non_finite_check_and_unscale_([grad_sq_flat], found_inf,
+                                                     torch.ones(1, device=v_flat.device, dtype=torch.float32))
+    grad_sq_flat.mul_(grad_sq_flat)
+    torch.lerp(v_flat, grad_sq_flat, 1.0 - beta, out=grad_sq_flat)
+    torch.where(found_inf == 0, grad_sq_flat, v_flat, out=v_flat)

@@ -1,0 +1,181 @@
+"""Cost of estimating the prior significance (K-FAC), against the same number of plain forward+backward passes.
+
+For a timm ViT of a given width (embed dim, MLP ratio 4, heads = embed / 64) and small depth, and N calibration batches
+of random images, with the label-free objective 1/2 ||f(x)||^2 that ``estimate_prior`` uses without labels:
+
+    plain ms     N plain passes: forward, objective, ``backward()`` into the parameters' ``.grad`` (eval mode, as in
+                 calibration)
+    collect ms   ``collect_statistics`` over the same N batches (forward hooks, one ``autograd.grad`` to the layer outputs,
+                 K-FAC factor sums, per-example diagonal Fisher of biases/norms, per-batch Fisher of the rest)
+    accum ms     the part of ``collect`` spent adding a^T a and g^T g into the factors (``_Accumulator.add``)
+    eig ms       ``KFACSignificance.from_factors`` for every matrix (two ``torch.linalg.eigh`` in float64 + truncation),
+                 timed separately; it does not depend on N
+    x plain      collect / plain (target <= 1.3) and (collect + eig) / plain
+    eig share    eig / (collect + eig)
+    factors MB   bytes of all A and S factors (``--factor-dtype``, float64 by default) and their multiple of the weights'
+    kept MB      bytes of the kept significance (U, V, omega per matrix, Fisher per other tensor, float32)
+
+Measurements of plain and collect alternate (``--repeats`` times, medians) so that machine noise hits both alike. eigh is
+sensitive to the thread count and to other load on the machine; the header prints the thread count.
+
+    # width sweep (embed 192/384/768, depth 2) and N sweep (embed 384), 224 px, batch 8, one thread
+    OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1
+    # quick validation
+    OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1 --img-size 64 --widths 192 384 --ns 1 2 --repeats 1
+    # GPU
+    python benchmarks/bench_prior.py --device cuda --widths 384 768 --depth 12 --ns 4 16 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if (ROOT / "srft_peft").is_dir():  # run from a checkout: benchmark this checkout's library, not an installed one
+    sys.path.insert(0, str(ROOT))
+import srft_peft.significance.estimation as estimation  # noqa: E402
+from srft_peft import SRFTConfig  # noqa: E402
+from srft_peft.significance import KFACSignificance  # noqa: E402
+from srft_peft.targeting import select_targets  # noqa: E402
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def make_model(embed: int, depth: int, args: argparse.Namespace) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, embed_dim=embed, depth=depth,
+                              num_heads=max(1, embed // 64), img_size=args.img_size, num_classes=100)
+    return model.to(args.device).eval()
+
+
+def plain_passes(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
+    for x in batches:
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        (0.5 * out.float().pow(2).flatten(1).sum(1).mean()).backward()
+    model.zero_grad(set_to_none=True)
+
+
+class AccumulatorTimer:
+    """Times ``_Accumulator.add`` (the K-FAC factor sums) while installed; bench-only instrumentation."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.total, self._orig = device, 0.0, estimation._Accumulator.add
+
+    def __enter__(self) -> AccumulatorTimer:
+        orig, timer = self._orig, self
+
+        def add(acc, a_tok, g_tok, dtype):
+            sync(timer.device)
+            t0 = time.perf_counter()
+            orig(acc, a_tok, g_tok, dtype)
+            sync(timer.device)
+            timer.total += time.perf_counter() - t0
+
+        estimation._Accumulator.add = add
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        estimation._Accumulator.add = self._orig
+
+
+def measure(embed: int, depth: int, n: int, args: argparse.Namespace) -> dict[str, float]:
+    model = make_model(embed, depth, args)
+    config = SRFTConfig(prior_rank=args.rank, factor_dtype=args.factor_dtype)
+    targets = select_targets(model, None, None, config.prior_estimator)
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(args.batch, 3, args.img_size, args.img_size, generator=g).to(args.device) for _ in range(n)]
+    plain_passes(model, batches[:1])  # warm-up (allocator, kernels)
+    plain, collect, accum, eig = [], [], [], []
+    for _ in range(args.repeats):
+        sync(args.device)
+        t0 = time.perf_counter()
+        plain_passes(model, batches)
+        sync(args.device)
+        plain.append(time.perf_counter() - t0)
+
+        with AccumulatorTimer(args.device) as timer:
+            t0 = time.perf_counter()
+            stats = estimation.collect_statistics(model, targets, batches, config, progress=False)
+            sync(args.device)
+            collect.append(time.perf_counter() - t0)
+        accum.append(timer.total)
+
+        t0 = time.perf_counter()
+        kept = [KFACSignificance.from_factors(name, A, S, config.prior_rank, config.prior_energy, config.damping)
+                for name, (A, S) in stats.factors.items()]
+        sync(args.device)
+        eig.append(time.perf_counter() - t0)
+
+    def nbytes(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    weights = sum(nbytes(t.param) for t in targets if t.kind == "kfac")
+    factors = sum(nbytes(A) + nbytes(S) for A, S in stats.factors.values())
+    kept_bytes = sum(nbytes(e.U) + nbytes(e.V) + nbytes(e.omega) for e in kept)
+    kept_bytes += sum(nbytes(f) for f in stats.fisher.values())
+    med = statistics.median
+    return dict(embed=embed, depth=depth, n=n, params=sum(p.numel() for p in model.parameters()),
+                plain=med(plain), collect=med(collect), accum=med(accum), eig=med(eig),
+                factors=factors, weights=weights, kept=kept_bytes)
+
+
+def print_table(title: str, rows: list[dict[str, float]]) -> None:
+    print(f"\n{title}")
+    print(f"{'embed':>6}{'depth':>6}{'params M':>9}{'N':>4}{'plain ms':>10}{'collect ms':>11}{'accum ms':>10}"
+          f"{'eig ms':>9}{'collect x':>10}{'+eig x':>8}{'eig share':>10}{'factors MB':>11}{'x W':>6}{'kept MB':>9}")
+    for r in rows:
+        total = r["collect"] + r["eig"]
+        print(f"{r['embed']:>6}{r['depth']:>6}{r['params'] / 1e6:>9.2f}{r['n']:>4}{1000 * r['plain']:>10.0f}"
+              f"{1000 * r['collect']:>11.0f}{1000 * r['accum']:>10.0f}{1000 * r['eig']:>9.0f}"
+              f"{r['collect'] / r['plain']:>10.2f}{total / r['plain']:>8.2f}{r['eig'] / total:>10.1%}"
+              f"{r['factors'] / 2**20:>11.1f}{r['factors'] / r['weights']:>6.1f}{r['kept'] / 2**20:>9.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", type=int, nargs="+", default=[192, 384, 768], help="embed dims of the width sweep")
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--n-width", type=int, default=2, help="calibration batches in the width sweep")
+    parser.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4, 8], help="calibration batches of the N sweep")
+    parser.add_argument("--n-sweep-width", type=int, default=384, help="embed dim of the N sweep")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=32, help="prior_rank")
+    parser.add_argument("--factor-dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    print(f"# {datetime.date.today()}  prior estimation cost: timm ViT (patch 16, MLP ratio 4) @ {args.img_size}px, "
+          f"batch {args.batch}, device {args.device} ({device_name}, {os.cpu_count()} cores), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, factors {args.factor_dtype}, eigh float64, prior_rank {args.rank}, "
+          f"{args.repeats} repeats (medians)")
+    if args.widths:
+        rows = []
+        for embed in args.widths:
+            rows.append(measure(embed, args.depth, args.n_width, args))
+        print_table(f"width sweep (depth {args.depth}, N = {args.n_width} batches)", rows)
+    if args.ns:
+        rows = [measure(args.n_sweep_width, args.depth, n, args) for n in args.ns]
+        print_table(f"N sweep (embed {args.n_sweep_width}, depth {args.depth})", rows)
+
+
+if __name__ == "__main__":
+    main()
