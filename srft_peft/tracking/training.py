@@ -149,6 +149,16 @@ def _cosine_lambda(warmup: int, total: int):
     return fn
 
 
+def _configure_threads(num_threads: int | None, device: torch.device) -> None:
+    """``torch.set_num_threads(num_threads)``; by default 1 on the CPU when ``OMP_NUM_THREADS`` is unset: the small
+    tracker's ops are too small to gain from several intra-op threads, which only contend (several-fold slower) on a
+    busy machine or with several processes."""
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def _set_seed(seed: int) -> None:
     import random
 
@@ -269,6 +279,7 @@ def pretrain_rgb(
     *,
     dataset: str = "rgb",
     device: str | torch.device | None = None,
+    num_threads: int | None = None,
     progress: bool = True,
     **overrides: Any,
 ) -> Path:
@@ -282,6 +293,8 @@ def pretrain_rgb(
             ``dataset`` loader; default: the demo RGB pretraining set (built if absent).
         output_dir: where ``config.json`` / ``model.safetensors`` (and ``pretrain.json``, the recipe) go.
         recipe: steps, batch size, learning rate, ...; ``overrides`` replace its fields.
+        num_threads: intra-op CPU threads (``torch.set_num_threads``); default 1 on the CPU unless ``OMP_NUM_THREADS``
+            is set.
 
     Returns:
         ``output_dir``.
@@ -291,6 +304,7 @@ def pretrain_rgb(
         raise ValueError(f"pretrain_rgb trains an RGB tracker; got mode={cfg.mode!r}")
     recipe = dataclasses.replace(recipe or PretrainConfig(), **overrides)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _configure_threads(num_threads, dev)
     if data_root is None:
         seqs = _demo_rgb_split("train")
     else:
@@ -472,6 +486,10 @@ class FinetuneConfig:
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (fp16 needs a GPU)."})
     seed: int = field(default=0, metadata={"help": "Seed (model initialisation, pair sampling)."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "Intra-op CPU threads per process; default 1 on the CPU unless OMP_NUM_THREADS "
+                                "is set (the small tracker gains nothing from more, and they contend)."}
+    )
     lora_r: int = field(default=8, metadata={"help": "lora: rank."})
     lora_alpha: float = field(default=16.0, metadata={"help": "lora: alpha."})
     srft_overrides: dict[str, Any] = field(
@@ -786,6 +804,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     main = accelerator.is_main_process
     show = cfg.progress and accelerator.is_local_main_process
     device = accelerator.device
+    _configure_threads(cfg.num_threads, device)
     _set_seed(cfg.seed)
 
     # --- data and the RGB tracker (built once; the other processes wait on the file locks) ----------------------------
@@ -803,7 +822,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     model = build_finetune_model(cfg.method, rgb_model, cfg.lora_r, cfg.lora_alpha).to(device)
     srft_cfg = method_srft_config(cfg.method, cfg.steps, cfg.srft_overrides)
     srft: SRFTModel | None = None
-    prior_desc = None
+    prior_desc = "none (no SRFT)"
     resume = _resume_path(cfg, output_dir)
     if srft_cfg is not None:
         srft = get_srft_model(model, srft_cfg)
@@ -1040,7 +1059,7 @@ def build_parser(modality: str = "rgbt", description: str | None = None) -> argp
             if f.name in kinds:
                 kwargs["type"] = kinds[f.name]
             elif isinstance(default, int) or f.name in ("eval_sequences", "eval_frames", "template_size",
-                                                         "search_size"):
+                                                         "search_size", "num_threads"):
                 kwargs["type"] = int
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--srft", metavar="KEY=VALUE", action="append", type=_parse_override, default=[],

@@ -3,7 +3,9 @@ method presets of srft_peft.tracking.training."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from srft_peft.tracking import OSTrackRGBX, TrackerConfig
+from srft_peft.tracking import OSTrackRGBX, TrackerConfig, load_tracker
 from srft_peft.tracking.training import (
     METHODS,
     FinetuneConfig,
@@ -83,8 +85,6 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, fresh_acce
     assert first["steps"] == 4
     full = load_file(str(out / "model" / "model.safetensors"))
     # Simulate an interruption after step 2: only the step-2 checkpoint (and the saved prior) remain.
-    import shutil
-
     shutil.rmtree(out / "checkpoints" / "step_000004")
     shutil.rmtree(out / "model")
     from accelerate.state import AcceleratorState, GradientState
@@ -98,8 +98,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, fresh_acce
     changed = [k for k in full if not torch.equal(full[k], again[k])]
     assert not changed, changed[:5]
     # ... and training did move the weights away from the RGB initialisation.
-    start = OSTrackRGBX.from_rgb(__import__("srft_peft.tracking", fromlist=["load_tracker"]).load_tracker(
-        tiny_data["tracker"]), "dual_stream").state_dict()
+    start = OSTrackRGBX.from_rgb(load_tracker(tiny_data["tracker"]), "dual_stream").state_dict()
     assert not torch.equal(start["backbone_x.blocks.0.attn.qkv.weight"], full["backbone_x.blocks.0.attn.qkv.weight"])
 
 
@@ -169,3 +168,26 @@ def test_command_line_maps_onto_the_config():
         FinetuneConfig(method="adapter")
     with pytest.raises(ValueError, match="unknown SRFTConfig fields"):
         FinetuneConfig(srft_overrides={"prior_rnak": 4})
+
+
+def test_ensure_pretrained_rgb_caches_by_recipe(tmp_path, monkeypatch):
+    from srft_peft.tracking import training
+
+    monkeypatch.setenv("SRFT_DEMO_ROOT", str(tmp_path / "demo"))
+    monkeypatch.setattr(training, "PRETRAIN_DEMO", {"modality": "rgb", "num_train": 2, "num_test": 1, "seed": 1,
+                                                    "frames": 12})
+    recipe = training.PretrainConfig(steps=2, batch_size=2, warmup_steps=0)
+    previous = torch.get_num_threads()
+    try:
+        first = training.ensure_pretrained_rgb(tmp_path / "cache", recipe=recipe, progress=False)
+        stamp = (first / "model.safetensors").stat().st_mtime_ns
+        again = training.ensure_pretrained_rgb(tmp_path / "cache", recipe=recipe, progress=False)
+        assert again == first and (first / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
+        other = training.ensure_pretrained_rgb(tmp_path / "cache", recipe=dataclasses.replace(recipe, steps=3),
+                                               progress=False)
+        assert other != first  # another recipe, another cached tracker
+        assert json.loads((first / "pretrain.json").read_text())["recipe"]["steps"] == 2
+        model = load_tracker(first)
+        assert model.config.mode == "rgb" and (model.config.template_size, model.config.search_size) == (32, 64)
+    finally:
+        torch.set_num_threads(previous)
