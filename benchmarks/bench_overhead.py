@@ -19,6 +19,7 @@ head). SRFT starts mid-schedule (kappa = 0.5) so that the prior and the transfer
 Per configuration the table shows:
     step ms      median wall time of forward + backward + optimizer.step (+ hooks) + zero_grad
     x plain      its ratio to the plain median
+    x paired     1 + (reg ms/pair) / (plain median): the same ratio from paired differences, steadier under load
     reg ms/hook  median time spent in the optimizer-step hooks (timed directly with perf_counter by hooks registered
                  before and after the configuration's own; device-synchronized on CUDA): the per-step regularizer work
                  of srft-grad* and authors-step. Loss-mode work happens inside forward/backward and shows here as 0.
@@ -411,9 +412,8 @@ def main() -> None:
           f"warm-up, prior_rank {args.rank} ({args.prior} prior), regularized params {reg_params / 1e6:.1f} M")
     plain = runs["plain"]
     plain_med = statistics.median(plain.times)
-    head = (f"{'config':<20}{'step ms':>10}{'x plain':>9}{'reg ms/hook':>13}{'hook mean':>11}{'reg ms/pair':>13}"
-            f"{'extra mem':>11}"
-            f"{'peak delta MB':>15}  breakdown (x reg. params)")
+    head = (f"{'config':<20}{'step ms':>10}{'x plain':>9}{'x paired':>10}{'reg ms/hook':>13}{'hook mean':>11}"
+            f"{'reg ms/pair':>13}{'extra mem':>11}{'peak delta MB':>15}  breakdown (x reg. params)")
     print(head)
     results = {}
     for name, run in runs.items():
@@ -423,11 +423,10 @@ def main() -> None:
         extra, parts = run.extra_memory()
         peak = f"{(peaks[name] - peaks['plain']) / 2**20:.0f}" if peaks else "-"
         extra_s = f"{extra:.2f}" if extra is not None else "-"
-        results[name] = dict(step=med, hook=hook, pair=pair, extra=extra)
+        results[name] = dict(step=med, hook=hook, pair=pair, extra=extra, plain=plain_med)
         mean = statistics.fmean(run.hook_times)
-        print(f"{name:<20}{1000 * med:>10.1f}{med / plain_med:>9.3f}{1000 * hook:>13.1f}{1000 * mean:>11.1f}"
-              f"{1000 * pair:>13.1f}"
-              f"{extra_s:>11}{peak:>15}  {parts}")
+        print(f"{name:<20}{1000 * med:>10.1f}{med / plain_med:>9.3f}{1 + pair / plain_med:>10.3f}{1000 * hook:>13.1f}"
+              f"{1000 * mean:>11.1f}{1000 * pair:>13.1f}{extra_s:>11}{peak:>15}  {parts}")
     report_targets(results)
     if args.profile:
         profile_hooks(args, runs)
@@ -437,8 +436,10 @@ def report_targets(results: dict[str, dict[str, Any]]) -> None:
     if "srft-grad" not in results:
         return
     srft = results["srft-grad"]
-    ratio = srft["step"] / results["plain"]["step"]
-    print(f"target: srft-grad step <= 1.10 x plain: {ratio:.3f} {'OK' if ratio <= 1.10 else 'ABOVE TARGET'}")
+    ratio = srft["step"] / srft["plain"]
+    paired = 1 + srft["pair"] / srft["plain"]
+    print(f"target: srft-grad step <= 1.10 x plain: {ratio:.3f} (ratio of medians), {paired:.3f} (paired) "
+          f"{'OK' if max(ratio, paired) <= 1.10 else 'ABOVE TARGET'}")
     if "authors-step" in results:
         speedup = results["authors-step"]["hook"] / max(srft["hook"], 1e-12)
         print(f"target: srft-grad hook work >= 5x faster than authors-step: {speedup:.1f}x "
