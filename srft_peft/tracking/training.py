@@ -64,6 +64,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from ..config import SRFTConfig
+from ..integrations.accelerate import prepare_srft
 from ..model import SRFTModel, get_srft_model
 from ..significance.prior import DiagonalSignificance, PriorSignificance
 from .checkpoint_io import load_rgb_checkpoint, load_tracker, save_tracker
@@ -612,34 +613,6 @@ def _tracker_of(model: nn.Module) -> OSTrackRGBX:
 # ----------------------------------------------------------------------------------------------------------------------
 # accelerate helpers
 # ----------------------------------------------------------------------------------------------------------------------
-class _SRFTCheckpointState:
-    """Puts the SRFT training state (step, T, statistics, anchors) into ``accelerator.save_state``.
-
-    The prior itself is not in it: it is reloaded from ``output_dir/prior`` (written before training) on resume.
-    """
-
-    # TODO(integrations): replace with srft_peft.integrations.accelerate.SRFTState / prepare_srft once merged.
-    def __init__(self, srft: SRFTModel) -> None:
-        self.srft = srft
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.srft.srft_state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.srft.load_srft_state_dict(state)
-
-
-def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside accelerate's ``AcceleratedOptimizer``, whose ``step()`` accelerate calls only on real
-    optimizer steps (after the gradient synchronization, not on accumulation micro-batches)."""
-    # TODO(integrations): SRFTModel.attach unwraps AcceleratedOptimizer itself once the integrations branch (fixed
-    # engine.unwrap_optimizer) is merged; accelerate's wrapper subclasses torch.optim.Optimizer without hook tables.
-    inner = optimizer
-    while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
-        inner = inner.optimizer
-    return inner
-
-
 def _make_accelerator(cfg: FinetuneConfig, output_dir: Path) -> Any:
     from accelerate import Accelerator
 
@@ -878,8 +851,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
                               collate_fn=collate, num_workers=cfg.num_workers)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     if srft is not None:
-        srft.attach(_torch_optimizer(optimizer), total_steps=cfg.steps)
-        accelerator.register_for_checkpointing(_SRFTCheckpointState(srft))
+        prepare_srft(accelerator, srft, optimizer, total_steps=cfg.steps)
 
     start_step = 0
     if resume is not None:
