@@ -19,15 +19,6 @@ from srft_peft.tracking import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; one thread avoids spin-wait slowdowns on busy CI machines."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_gaussian_radius_hand_value():
     # w = h = 8 cells, min_overlap 0.7: the third root (-2·0.7·16 + sqrt((2·0.7·16)^2 + 4·2.8·0.3·64)) / 2 is smallest
     r = gaussian_radius(torch.tensor([8.0]), torch.tensor([8.0]))

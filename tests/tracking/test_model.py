@@ -19,16 +19,6 @@ from srft_peft.tracking import (
     save_tracker,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; one thread avoids spin-wait slowdowns on busy CI machines."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 TZ, TX = 32, 64  # template / search sides of the test models (grids 2x2 and 4x4)
 
 

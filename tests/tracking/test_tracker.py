@@ -24,15 +24,6 @@ from srft_peft.tracking import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; one thread avoids spin-wait slowdowns on busy CI machines."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --- crops ------------------------------------------------------------------------------------------------------------
 def test_sample_target_at_border_pads_with_zeros():
     img = np.full((100, 100, 3), 200, np.uint8)
