@@ -2,67 +2,127 @@
 
 From the same RGB-pretrained demo tracker, every method fine-tunes on the demo RGB-T, RGB-D and RGB-E tasks; each run
 is evaluated on the target test set (SR / PR / NPR) and, for retention of the RGB skill, on RGB-only test sequences
-fed as [rgb, rgb]. Mean ± std over seeds go into a Markdown table, a JSON file and one plasticity–stability scatter
-plot per modality (x: RGB SR retained, y: target SR).
+fed as [rgb, rgb]. The RGB tracker itself is evaluated once per modality. Mean ± std over seeds go into a Markdown
+table, a JSON file and one plasticity–stability scatter plot per modality (x: RGB SR retained, y: target SR); the
+points of a --sweep are joined by a line, one line per method.
 
-    python benchmarks/transfer.py                 # 3 modalities x 8 methods x 3 seeds (the docs' numbers)
+    python benchmarks/transfer.py                 # 3 modalities x 8 methods x 3 seeds (the docs' grid)
     python benchmarks/transfer.py --quick         # 1 modality x 3 methods x 1 seed, few steps (CI smoke run)
-    python benchmarks/transfer.py --methods srft full --srft lambda_prior=3.0 --seeds 0 1 2
+    python benchmarks/transfer.py --modalities rgbt --seeds 0 --methods srft l2sp ewc \\
+        --sweep lambda_prior 0.03 0.1 0.3 1 3    # trade-off curves of the anchor strength
 
-Runs are independent; results already in --out are reused (delete the folder to recompute).
+Runs go to --jobs worker processes (one thread each). A run whose bench.json in --out records the same settings is
+reused; one with other settings is run again.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import multiprocessing
+import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from srft_peft.tracking.training import METHODS, FinetuneConfig, _parse_override, finetune_rgbx
+from srft_peft.tracking.model import FUSION_INITS
+from srft_peft.tracking.training import METHODS, SRFT_METHODS, FinetuneConfig, _parse_override, finetune_rgbx
 
 METRICS = ("SR", "PR", "NPR")
+BASELINE = "RGB tracker (no fine-tuning)"
 
 
-def run_one(args: argparse.Namespace, modality: str, method: str, seed: int) -> dict:
-    out = Path(args.out) / "runs" / f"{modality}-{method}-seed{seed}"
-    cached = out / "bench.json"
+@dataclass(frozen=True)
+class Run:
+    """One fine-tune: ``label`` is the method, plus ``key=value`` for a sweep point."""
+
+    modality: str
+    method: str
+    seed: int
+    label: str
+    settings: dict[str, Any] = field(hash=False)
+
+    @property
+    def folder(self) -> str:
+        return f"{self.modality}-{self.label.replace(' ', '_').replace('=', '')}-seed{self.seed}"
+
+
+def plan(args: argparse.Namespace) -> list[Run]:
+    """Every run of the invocation: modality x seed x method (x sweep value for the methods with SRFT)."""
+    common = {"steps": args.steps, "batch_size": args.batch_size, "eval_sequences": args.eval_sequences,
+              "fusion_init": args.fusion_init, **args.set}
+    runs = []
+    for modality in args.modalities:
+        for seed in args.seeds:
+            for method in args.methods:
+                srft = dict(args.srft) if method in SRFT_METHODS else {}
+                points = [(method, srft)]
+                if args.sweep and method in SRFT_METHODS:
+                    key, values = args.sweep[0], args.sweep[1:]
+                    points = [(f"{method} {key}={v}", {**srft, key: _parse_override(f"{key}={v}")[1]}) for v in values]
+                for label, overrides in points:
+                    runs.append(Run(modality, method, seed, label, {**common, "srft_overrides": overrides}))
+    return runs
+
+
+def run_one(run: Run, out: Path, evaluate_baseline: bool) -> dict:
+    folder = out / "runs" / run.folder
+    cached = folder / "bench.json"
     if cached.exists():
-        return json.loads(cached.read_text())
-    overrides = dict(args.srft) if method.startswith("srft") else {}
-    cfg = FinetuneConfig(method=method, modality=modality, seed=seed, steps=args.steps, output_dir=str(out),
-                         evaluate_rgb=True, evaluate_baseline=True, report_to=None, save_every=0, progress=False,
-                         srft_overrides=overrides, eval_sequences=args.eval_sequences)
+        record = json.loads(cached.read_text())
+        if record.get("settings") == run.settings and (record.get("baseline_target") or not evaluate_baseline):
+            return record
+    cfg = FinetuneConfig(method=run.method, modality=run.modality, seed=run.seed, output_dir=str(folder),
+                         evaluate_rgb=True, evaluate_baseline=evaluate_baseline, report_to=None, save_every=0,
+                         progress=False, num_threads=1, **run.settings)
     t0 = time.perf_counter()
     results = finetune_rgbx(cfg)
-    record = {"modality": modality, "method": method, "seed": seed, "target": results["metrics"],
-              "rgb": results["rgb_metrics"], "baseline_target": results["baseline_metrics"],
-              "baseline_rgb": results["baseline_rgb_metrics"], "seconds": time.perf_counter() - t0}
-    out.mkdir(parents=True, exist_ok=True)
+    record = {"modality": run.modality, "method": run.method, "label": run.label, "seed": run.seed,
+              "settings": run.settings, "target": results["metrics"], "rgb": results["rgb_metrics"],
+              "baseline_target": results.get("baseline_metrics"), "baseline_rgb": results.get("baseline_rgb_metrics"),
+              "train_seconds": results["train_time_s"], "seconds": time.perf_counter() - t0}
     cached.write_text(json.dumps(record, indent=2))
+    print(f"  {run.modality} {run.label:32s} seed {run.seed}: target SR {100 * record['target']['SR']:5.1f}, "
+          f"RGB SR {100 * record['rgb']['SR']:5.1f} ({record['seconds']:.0f} s)", flush=True)
     return record
 
 
+def run_all(runs: list[Run], out: Path, jobs: int) -> list[dict]:
+    """Run (or reuse) every run; the first run of each modality also evaluates the RGB tracker."""
+    first = {}
+    for run in runs:
+        first.setdefault(run.modality, run)
+    calls = [(run, out, first[run.modality] is run) for run in runs]
+    if jobs <= 1:
+        return [run_one(*call) for call in calls]
+    # spawn: fresh interpreters (no forked torch thread pools); longest runs (K-FAC prior) first for load balance
+    order = sorted(range(len(calls)), key=lambda i: calls[i][0].method not in ("srft", "srft-prior-only"))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {i: pool.submit(run_one, *calls[i]) for i in order}
+        return [futures[i].result() for i in range(len(calls))]
+
+
 def aggregate(records: list[dict]) -> dict:
-    """{modality: {method: {"target": {metric: (mean, std)}, "rgb": {...}}}} plus the RGB tracker's own row."""
+    """{modality: {label: {"target": {metric: (mean, std)}, "rgb": {...}, "n": seeds}}}, the RGB tracker first."""
     table: dict = {}
     for r in records:
-        row = table.setdefault(r["modality"], {}).setdefault(r["method"], {"target": {}, "rgb": {}, "n": 0})
+        methods = table.setdefault(r["modality"], {BASELINE: {"target": {}, "rgb": {}, "n": 0}})
+        if r["baseline_target"] and not methods[BASELINE]["n"]:
+            methods[BASELINE] = {"target": {m: [r["baseline_target"][m]] for m in METRICS},
+                                 "rgb": {m: [r["baseline_rgb"][m]] for m in METRICS}, "n": 1}
+        row = methods.setdefault(r["label"], {"target": {}, "rgb": {}, "n": 0, "method": r["method"]})
         row["n"] += 1
         for domain in ("target", "rgb"):
             for m in METRICS:
                 row[domain].setdefault(m, []).append(r[domain][m])
-        base = table[r["modality"]].setdefault("RGB tracker (no fine-tuning)", {"target": {}, "rgb": {}, "n": 0})
-        if base["n"] == 0:
-            base["n"] = 1
-            for m in METRICS:
-                base["target"][m] = [r["baseline_target"][m]]
-                base["rgb"][m] = [r["baseline_rgb"][m]]
     for methods in table.values():
         for row in methods.values():
             for domain in ("target", "rgb"):
@@ -76,10 +136,12 @@ def markdown(table: dict) -> str:
         lines += [f"### {modality.upper()}", "",
                   "| method | target SR | target PR | target NPR | RGB SR (retention) | RGB PR | seeds |",
                   "|---|---|---|---|---|---|---|"]
-        for method, row in methods.items():
+        for label, row in methods.items():
+            if not row["n"]:
+                continue
             cells = [f"{100 * row['target'][m][0]:.1f} ± {100 * row['target'][m][1]:.1f}" for m in METRICS]
             cells += [f"{100 * row['rgb'][m][0]:.1f} ± {100 * row['rgb'][m][1]:.1f}" for m in ("SR", "PR")]
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {row['n']} |")
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['n']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -92,11 +154,19 @@ def scatter(table: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(table), figsize=(5.2 * len(table), 4.4), squeeze=False)
     for ax, (modality, methods) in zip(axes[0], table.items()):
-        for method, row in methods.items():
-            (x, xs), (y, ys) = row["rgb"]["SR"], row["target"]["SR"]
-            marker = "*" if method == "srft" else "o"
-            ax.errorbar(100 * x, 100 * y, xerr=100 * xs, yerr=100 * ys, fmt=marker, ms=11 if marker == "*" else 6,
-                        capsize=3, label=method)
+        curves: dict[str, list] = {}
+        for label, row in methods.items():
+            if row["n"]:
+                curves.setdefault(row.get("method", label), []).append(row)
+        for method, rows in curves.items():
+            xs = [100 * r["rgb"]["SR"][0] for r in rows]
+            ys = [100 * r["target"]["SR"][0] for r in rows]
+            star = method == "srft"
+            line = ax.errorbar(xs, ys, xerr=[100 * r["rgb"]["SR"][1] for r in rows],
+                               yerr=[100 * r["target"]["SR"][1] for r in rows], fmt="*" if star else "o",
+                               ms=11 if star else 6, capsize=3, label=method)
+            if len(rows) > 1:
+                ax.plot(xs, ys, "-", color=line[0].get_color(), alpha=0.6)
         ax.set_xlabel("RGB SR after fine-tuning (stability)")
         ax.set_ylabel(f"{modality.upper()} SR (plasticity)")
         ax.set_title(f"demo {modality.upper()}")
@@ -107,41 +177,63 @@ def scatter(table: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = FinetuneConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modalities", nargs="+", default=["rgbt", "rgbd", "rgbe"], choices=["rgbt", "rgbd", "rgbe"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the demo's)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 40; --quick: 8)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="pairs per step")
     parser.add_argument("--eval-sequences", type=int, default=None, help="evaluate on the first N test sequences")
+    parser.add_argument("--fusion-init", default="identity", choices=list(FUSION_INITS),
+                        help="how the dual-stream fusion blocks start (see OSTrackRGBX.init_from_rgb)")
     parser.add_argument("--srft", nargs="*", default=[], type=_parse_override,
-                        help="SRFTConfig overrides for the srft* methods, e.g. lambda_prior=3.0 prior_rank=16")
-    parser.add_argument("--quick", action="store_true", help="rgbt, srft/full/lora, one seed, 20 steps, 2 sequences")
+                        help="SRFTConfig overrides for the methods with SRFT, e.g. lambda_prior=3.0 prior_rank=16")
+    parser.add_argument("--sweep", nargs="+", metavar=("KEY", "VALUE"), default=None,
+                        help="an SRFTConfig field and its values: one run per value for each method with SRFT")
+    parser.add_argument("--set", nargs="*", default=[], type=_parse_override, metavar="KEY=VALUE",
+                        help="other FinetuneConfig fields of every run, e.g. data_root=... pretrained=... lr=3e-4")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    parser.add_argument("--quick", action="store_true", help="rgbt, srft/full/lora, one seed, 8 steps, 1 sequence")
     parser.add_argument("--out", default="outputs/bench_transfer")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.modalities, args.methods, args.seeds = ["rgbt"], ["srft", "full", "lora"], [0]
-        args.steps, args.eval_sequences = args.steps or 20, args.eval_sequences or 2
-    if args.steps is None:
-        args.steps = FinetuneConfig().steps
-    args.srft = dict(args.srft)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+        args.steps, args.eval_sequences = args.steps or 8, args.eval_sequences or 1
+    args.steps = args.steps or 40
+    if args.sweep is not None and len(args.sweep) < 2:
+        parser.error("--sweep needs a key and at least one value, e.g. --sweep lambda_prior 0.1 1")
+    args.srft, args.set = dict(args.srft), dict(args.set)
+    fixed = {"method", "modality", "seed", "output_dir", "srft_overrides", "evaluate_rgb", "evaluate_baseline"}
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)} - fixed
+    unknown = sorted(set(args.set) - known)
+    if unknown:
+        parser.error(f"--set: {unknown} are not FinetuneConfig fields this script lets you set; choose from "
+                     f"{sorted(known)}")
+    return args
 
-    t0 = time.perf_counter()
-    records = [run_one(args, modality, method, seed)
-               for modality in args.modalities for seed in args.seeds for method in args.methods]
-    table = aggregate(records)
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    header = (f"Measured {date.today()} on {platform.machine()} ({torch.get_num_threads()} threads), torch "
-              f"{torch.__version__}; {len(args.seeds)} seed(s), {args.steps} steps per run; "
-              f"SRFT overrides {args.srft or 'none'}; total {time.perf_counter() - t0:.0f} s.\n")
+    runs = plan(args)
+    print(f"{len(runs)} runs on {args.jobs} worker(s), {args.steps} steps x {args.batch_size} pairs each")
+    t0 = time.perf_counter()
+    records = run_all(runs, out, args.jobs)
+    table = aggregate(records)
+    header = (f"Measured {date.today()} on {platform.machine()} ({args.jobs} worker process(es), 1 thread each), torch "
+              f"{torch.__version__}; {len(args.seeds)} seed(s), {args.steps} steps x {args.batch_size} pairs per run, "
+              f"fusion_init={args.fusion_init}; SRFT overrides {args.srft or 'none'}"
+              f"{f'; sweep {args.sweep[0]}' if args.sweep else ''}; total {time.perf_counter() - t0:.0f} s.\n")
     text = header + "\n" + markdown(table)
     (out / "transfer.md").write_text(text)
     (out / "transfer.json").write_text(json.dumps({"records": records, "table": table}, indent=2))
     scatter(table, out / "transfer_scatter.png")
     print(text)
     print(f"wrote {out / 'transfer.md'}, {out / 'transfer.json'}, {out / 'transfer_scatter.png'}")
+    return table
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ VARIANTS: dict[str, dict[str, int]] = {
 }
 _DEFAULT_HEAD_CHANNELS = {"tiny": 64, "small": 256, "base": 256}
 MODES = ("rgb", "dual_stream", "prompt")
+FUSION_INITS = ("copy", "identity")
 # Fields that define tensor shapes: they cannot change when converting an RGB model with `from_rgb`.
 _ARCH_FIELDS = ("variant", "template_size", "search_size", "patch_size", "head_channels")
 
@@ -409,8 +410,9 @@ class OSTrackRGBX(nn.Module):
               t_rgb, t_x = split(fusion[str(i)](cat([t_rgb, t_x], dim=1)))   # joint attention over both streams
 
       output = (backbone.norm(t_rgb) + backbone_x.norm(t_x)) / 2 -> box_head. ``fusion.<i>`` starts as a copy of
-      pretrained block i (so fusion after block i initially re-applies block i). ``box_head`` is frozen; everything
-      else trains.
+      pretrained block i (so fusion after block i initially re-applies block i), or, with ``fusion_init="identity"``,
+      as that copy with its two residual-branch output projections zeroed (the identity). ``box_head`` is frozen;
+      everything else trains.
     * ``prompt`` (ViPT-like PEFT baseline): frozen ``backbone``/``box_head``; ``prompt.patch_embed`` embeds X (plus
       the frozen positional embeddings) into tokens p; before each block i in ``prompt_layers``,
       ``t = t + prompt.blocks[str(i)](t, p)``. Only ``prompt.*`` trains.
@@ -437,12 +439,13 @@ class OSTrackRGBX(nn.Module):
 
     # --- construction ---------------------------------------------------------------------------------------------
     @classmethod
-    def from_rgb(cls, rgb_model: OSTrackRGBX, mode: str, **overrides: Any) -> OSTrackRGBX:
+    def from_rgb(cls, rgb_model: OSTrackRGBX, mode: str, fusion_init: str = "copy", **overrides: Any) -> OSTrackRGBX:
         """Build a ``dual_stream``/``prompt`` (or ``rgb``) model from a trained ``mode="rgb"`` model.
 
         Both streams copy ``rgb_model.backbone``, ``fusion.<i>`` copies ``backbone.blocks.<i>``, the head and the X
-        patch embedding copy the RGB ones. ``overrides`` may change non-shape fields (fusion_layers, prompt_dim,
-        prompt_layers, drop_path, loss weights).
+        patch embedding copy the RGB ones. ``overrides`` may change non-shape fields (fusion_layers,
+        prompt_dim, prompt_layers, drop_path, loss weights). ``fusion_init``: how the fusion blocks start (see
+        :meth:`init_from_rgb`).
 
         Example:
             >>> rgb = OSTrackRGBX(TrackerConfig(variant="tiny", template_size=32, search_size=64))
@@ -457,13 +460,20 @@ class OSTrackRGBX(nn.Module):
         cfg = dataclasses.replace(rgb_model.config, mode=mode, **overrides)
         ref = next(rgb_model.parameters())
         model = cls(cfg).to(device=ref.device, dtype=ref.dtype)
-        model.init_from_rgb(rgb_model)
+        model.init_from_rgb(rgb_model, fusion_init)
         model.train(rgb_model.training)
         return model
 
     @torch.no_grad()
-    def init_from_rgb(self, rgb: OSTrackRGBX | Mapping[str, torch.Tensor]) -> None:
-        """Copy RGB weights (a ``mode="rgb"`` model or its state dict) into every part of this model."""
+    def init_from_rgb(self, rgb: OSTrackRGBX | Mapping[str, torch.Tensor], fusion_init: str = "copy") -> None:
+        """Copy RGB weights (a ``mode="rgb"`` model or its state dict) into every part of this model.
+
+        ``fusion_init`` (dual_stream): ``"copy"`` (the SRFT authors': ``fusion.<i>`` = pretrained block i) or
+        ``"identity"`` (that copy with ``attn.proj`` and ``mlp.fc2`` zeroed, so each fusion block starts as the
+        identity and the model fed ``[rgb, rgb]`` reproduces the RGB tracker exactly).
+        """
+        if fusion_init not in FUSION_INITS:
+            raise ValueError(f"fusion_init must be one of {list(FUSION_INITS)}, got {fusion_init!r}")
         sd = rgb.state_dict() if isinstance(rgb, nn.Module) else dict(rgb)
 
         def sub(prefix: str) -> dict[str, torch.Tensor]:
@@ -475,7 +485,12 @@ class OSTrackRGBX(nn.Module):
         if self.config.mode == "dual_stream":
             self.backbone_x.load_state_dict(backbone_sd)
             for i in self.config.fusion_layers:
-                self.fusion[str(i)].load_state_dict(sub(f"backbone.blocks.{i}."))
+                block = self.fusion[str(i)]
+                block.load_state_dict(sub(f"backbone.blocks.{i}."))
+                if fusion_init == "identity":
+                    for out_proj in (block.attn.proj, block.mlp.fc2):  # both residual branches output zero
+                        out_proj.weight.zero_()
+                        out_proj.bias.zero_()
         elif self.config.mode == "prompt":
             self.prompt.patch_embed.load_state_dict(sub("backbone.patch_embed."))
 

@@ -72,7 +72,7 @@ from .datasets import Sequence, load_dataset
 from .demo_data import GENERATOR_VERSION, _lock, default_demo_root, make_demo_dataset
 from .evaluation import run_tracker
 from .metrics import evaluate_results
-from .model import OSTrackRGBX, TrackerConfig
+from .model import FUSION_INITS, OSTrackRGBX, TrackerConfig
 from .plots import plot_summaries
 from .sampling import TrackingPairDataset, collate
 from .tracker import Tracker
@@ -493,6 +493,11 @@ class FinetuneConfig:
     )
     lora_r: int = field(default=8, metadata={"help": "lora: rank."})
     lora_alpha: float = field(default=16.0, metadata={"help": "lora: alpha."})
+    fusion_init: str = field(
+        default="identity", metadata={"help": "Dual-stream fusion blocks at step 0: 'identity' (the model fed [rgb, "
+                                      "rgb] is the RGB tracker) or 'copy' (the SRFT authors'); see "
+                                      "OSTrackRGBX.init_from_rgb."}
+    )
     srft_overrides: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "SRFTConfig fields on top of the method's preset (e.g. prior_rank)."}
     )
@@ -506,12 +511,13 @@ class FinetuneConfig:
     eval_sequences: int | None = field(default=None, metadata={"help": "Evaluate on the first N test sequences."})
     eval_frames: int | None = field(default=None, metadata={"help": "Evaluate on the first N frames of each."})
     evaluate_baseline: bool = field(
-        default=True, metadata={"help": "Also evaluate the RGB tracker before fine-tuning (RGB channels only)."}
+        default=True, metadata={"help": "Also evaluate the RGB tracker before fine-tuning on the same test sequences "
+                                "(RGB channels only; with evaluate_rgb also on the RGB-only ones)."}
     )
     evaluate_rgb: bool = field(
         default=False,
         metadata={"help": "Also evaluate RGB-skill retention: the fine-tuned model on RGB-only test sequences fed as "
-                  "[rgb, rgb], and the RGB tracker on them."},
+                  "[rgb, rgb]."},
     )
     progress: bool = field(default=True, metadata={"help": "tqdm progress bars (main process)."})
 
@@ -522,6 +528,8 @@ class FinetuneConfig:
             raise ValueError(f"modality must be one of {sorted(MODALITY_DATASETS)}, got {self.modality!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.fusion_init not in FUSION_INITS:
+            raise ValueError(f"fusion_init must be one of {list(FUSION_INITS)}, got {self.fusion_init!r}")
         for name in ("steps", "batch_size", "grad_accum", "prior_batches", "log_every", "lora_r"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -576,19 +584,19 @@ def uniform_prior(srft: SRFTModel) -> PriorSignificance:
 
 
 def build_finetune_model(
-    method: str, rgb_model: OSTrackRGBX, lora_r: int = 8, lora_alpha: float = 16.0
+    method: str, rgb_model: OSTrackRGBX, lora_r: int = 8, lora_alpha: float = 16.0, fusion_init: str = "identity"
 ) -> nn.Module:
     """The trainable model of ``method`` built from an RGB tracker (a new model; ``rgb_model`` is not changed).
 
     ``prompt``: ``OSTrackRGBX.from_rgb(rgb, "prompt")``; ``lora``: peft ``get_peft_model`` on the dual-stream model
-    with :data:`LORA_TARGETS`; every other method: ``OSTrackRGBX.from_rgb(rgb, "dual_stream")`` (SRFT is wrapped
-    around it by :func:`finetune_rgbx`).
+    with :data:`LORA_TARGETS`; every other method: ``OSTrackRGBX.from_rgb(rgb, "dual_stream", fusion_init)`` (SRFT is
+    wrapped around it by :func:`finetune_rgbx`).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     if method == "prompt":
         return OSTrackRGBX.from_rgb(rgb_model, "prompt")
-    model = OSTrackRGBX.from_rgb(rgb_model, "dual_stream")
+    model = OSTrackRGBX.from_rgb(rgb_model, "dual_stream", fusion_init=fusion_init)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -766,9 +774,9 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
 
     Returns:
         The results (also in ``output_dir/results.json``) on the main process: ``metrics`` (PR, NPR, SR, and MPR/MSR
-        or precision/recall/F where the protocol has them), ``baseline_metrics``, ``rgb_metrics`` /
-        ``baseline_rgb_metrics`` (``evaluate_rgb``), ``summary`` (curves, per-sequence scores), ``plots``,
-        ``train_time_s``, ``final_loss``, parameter counts and the config. Other processes get ``{}``.
+        or precision/recall/F where the protocol has them), ``baseline_metrics`` (``evaluate_baseline``),
+        ``rgb_metrics`` (``evaluate_rgb``), ``baseline_rgb_metrics`` (both), ``summary`` (curves, per-sequence
+        scores), ``plots``, ``train_time_s``, ``final_loss``, parameter counts and the config. Other processes get ``{}``.
     """
     cfg = dataclasses.replace(config or FinetuneConfig(), **overrides)
     output_dir = Path(cfg.output_dir).expanduser()
@@ -792,7 +800,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
 
     # --- the model of the method ------------------------------------------------------------------------------------
     _set_seed(cfg.seed)
-    model = build_finetune_model(cfg.method, rgb_model, cfg.lora_r, cfg.lora_alpha).to(device)
+    model = build_finetune_model(cfg.method, rgb_model, cfg.lora_r, cfg.lora_alpha, cfg.fusion_init).to(device)
     srft_cfg = method_srft_config(cfg.method, cfg.steps, cfg.srft_overrides)
     srft: SRFTModel | None = None
     prior_desc = "none (no SRFT)"
@@ -947,14 +955,16 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
         rgb_test = [_truncate(s, cfg.eval_frames) for s in rgb_test[: cfg.eval_sequences]]
         rgb_ft = _evaluate(final, rgb_test, output_dir / "tracking_results" / f"{cfg.method}_rgb", device, show,
                            rgb_input=True)
-        rgb_base = _evaluate(rgb_model, rgb_test, output_dir / "tracking_results" / "rgb_baseline_rgb", device, show,
-                             rgb_input=True)
         results["rgb_metrics"] = _scalars(rgb_ft)
-        results["baseline_rgb_metrics"] = _scalars(rgb_base)
         results["rgb_summary"] = {k: v for k, v in rgb_ft.items() if k != "per_sequence"}
-        results["plots"].update({f"rgb_{k}": str(v) for k, v in plot_summaries(
-            {f"{cfg.method} ([rgb, rgb])": rgb_ft, "RGB tracker": rgb_base}, output_dir / "plots", prefix="rgb_"
-        ).items()})
+        rgb_summaries = {f"{cfg.method} ([rgb, rgb])": rgb_ft}
+        if cfg.evaluate_baseline:
+            rgb_base = _evaluate(rgb_model, rgb_test, output_dir / "tracking_results" / "rgb_baseline_rgb", device,
+                                 show, rgb_input=True)
+            results["baseline_rgb_metrics"] = _scalars(rgb_base)
+            rgb_summaries["RGB tracker"] = rgb_base
+        plots = plot_summaries(rgb_summaries, output_dir / "plots", prefix="rgb_")
+        results["plots"].update({f"rgb_{k}": str(v) for k, v in plots.items()})
     results["summary"] = summary
     results = _jsonable(results)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -982,8 +992,9 @@ def format_results_table(results: dict[str, Any]) -> str:
     if "baseline_metrics" in results:
         rows.append(("RGB tracker (before fine-tuning)", "RGB-X test", results["baseline_metrics"]))
     rows.append((results["method"], "RGB-X test", results["metrics"]))
-    if "rgb_metrics" in results:
+    if "baseline_rgb_metrics" in results:
         rows.append(("RGB tracker (before fine-tuning)", "RGB test", results["baseline_rgb_metrics"]))
+    if "rgb_metrics" in results:
         rows.append((f"{results['method']} on [rgb, rgb]", "RGB test", results["rgb_metrics"]))
     keys = [k for k in _SCALARS if k != "fps" and any(k in r[2] for r in rows)]
     header = ["model", "test set", *keys]

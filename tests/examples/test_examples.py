@@ -141,7 +141,8 @@ def test_method_presets_build_the_intended_configs_and_trainable_sets():
         method_srft_config("full", 10, {"prior_rank": 4})
 
     dual = build_finetune_model("srft", rgb)
-    assert dual.config.mode == "dual_stream"
+    assert dual.config.mode == "dual_stream" and not dual.fusion["0"].mlp.fc2.weight.any()  # identity fusion
+    assert build_finetune_model("srft", rgb, fusion_init="copy").fusion["0"].mlp.fc2.weight.any()
     names = _trainable(dual)
     assert names == {n for n, _ in dual.named_parameters() if not n.startswith("box_head.")}
     assert _trainable(build_finetune_model("full", rgb)) == names
@@ -158,12 +159,16 @@ def test_method_presets_build_the_intended_configs_and_trainable_sets():
 def test_command_line_maps_onto_the_config():
     args = build_parser("rgbd").parse_args(["--method", "ewc", "--steps", "7", "--lr", "3e-4", "--resume",
                                             "--srft", "prior_rank=8", "--srft", "kappa_shape=linear",
-                                            "--no-evaluate-baseline", "--mixed-precision", "bf16"])
+                                            "--no-evaluate-baseline", "--mixed-precision", "bf16",
+                                            "--fusion-init", "copy"])
     cfg = config_from_args(args)
     assert (cfg.method, cfg.modality, cfg.steps, cfg.lr, cfg.resume) == ("ewc", "rgbd", 7, 3e-4, "latest")
     assert cfg.srft_overrides == {"prior_rank": 8, "kappa_shape": "linear"}
     assert cfg.evaluate_baseline is False and cfg.mixed_precision == "bf16" and cfg.dataset_name == "depthtrack"
     assert cfg.learning_rate == 3e-4 and FinetuneConfig(method="lora").learning_rate == 1e-3
+    assert cfg.fusion_init == "copy" and FinetuneConfig().fusion_init == "identity"
+    with pytest.raises(ValueError, match="fusion_init must be one of .*got 'zero'"):
+        FinetuneConfig(fusion_init="zero")
     with pytest.raises(ValueError, match="method must be one of"):
         FinetuneConfig(method="adapter")
     with pytest.raises(ValueError, match="unknown SRFTConfig fields"):

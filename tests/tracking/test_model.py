@@ -281,6 +281,31 @@ def test_dual_stream_wiring_matches_hand_computation(rgb_model):
     assert not torch.allclose(out.offset_map, plain.offset_map, atol=1e-4)  # the fusion blocks do act
 
 
+def test_identity_fusion_init_reproduces_the_rgb_model_then_trains(rgb_model):
+    """fusion_init="identity": fed [rgb, rgb], the dual-stream model equals the RGB model exactly; fed [rgb, x] the X
+    stream still contributes; the zeroed projections get gradients, so the fusion blocks can learn."""
+    dual = OSTrackRGBX.from_rgb(rgb_model, "dual_stream", fusion_init="identity").eval()
+    rgb_sd, dual_sd = rgb_model.state_dict(), dual.state_dict()
+    for i in dual.config.fusion_layers:
+        fusion, block = sub_state(dual_sd, f"fusion.{i}."), sub_state(rgb_sd, f"backbone.blocks.{i}.")
+        assert fusion.keys() == block.keys()
+        for name, value in fusion.items():
+            zeroed = name.startswith(("attn.proj.", "mlp.fc2."))
+            assert torch.equal(value, torch.zeros_like(value) if zeroed else block[name]), name
+    z, x = inputs(c=3)
+    with torch.no_grad():
+        out, plain = dual(torch.cat([z, z], 1), torch.cat([x, x], 1)), rgb_model(z, x)
+        other = dual(*inputs(c=6))
+    for key in ("score_map", "size_map", "offset_map", "pred_boxes"):
+        torch.testing.assert_close(out[key], plain[key], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(other.score_map, rgb_model(*inputs(c=6)).score_map)  # X is used
+    dual.train()
+    dual(*inputs(), search_box=torch.tensor([[0.3, 0.3, 0.3, 0.3]] * 2)).loss.backward()
+    assert dual.fusion["0"].attn.proj.weight.grad.abs().sum() > 0 and dual.fusion["0"].mlp.fc2.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="fusion_init must be one of .*got 'zeros'"):
+        OSTrackRGBX.from_rgb(rgb_model, "dual_stream", fusion_init="zeros")
+
+
 def test_prompt_from_rgb_starts_as_rgb_model(rgb_model):
     prompt = OSTrackRGBX.from_rgb(rgb_model, "prompt", prompt_dim=4).eval()
     assert torch.equal(prompt.prompt.patch_embed.proj.weight, rgb_model.backbone.patch_embed.proj.weight)
