@@ -14,6 +14,9 @@ of random images, with the label-free objective 1/2 ||f(x)||^2 that ``estimate_p
     eig share    eig / (collect + eig)
     factors MB   bytes of all A and S factors (``--factor-dtype``, float64 by default) and their multiple of the weights'
     kept MB      bytes of the kept significance (U, V, omega per matrix, Fisher per other tensor, float32)
+    stride       ``factor_token_stride`` (``--token-strides``): factors accumulated over every k-th token
+    overlap      for stride > 1: mean over matrices of ||U_1^T U_k||_F^2 / k for both factors, against stride 1's
+                 retained eigenvectors (1 = the same directions)
 
 Measurements of plain and collect alternate (``--repeats`` times, medians) so that machine noise hits both alike. eigh is
 sensitive to the thread count and to other load on the machine; the header prints the thread count.
@@ -78,10 +81,10 @@ class AccumulatorTimer:
     def __enter__(self) -> AccumulatorTimer:
         orig, timer = self._orig, self
 
-        def add(acc, a_tok, g_tok, dtype):
+        def add(acc, *args):
             sync(timer.device)
             t0 = time.perf_counter()
-            orig(acc, a_tok, g_tok, dtype)
+            orig(acc, *args)
             sync(timer.device)
             timer.total += time.perf_counter() - t0
 
@@ -92,9 +95,20 @@ class AccumulatorTimer:
         estimation._Accumulator.add = self._orig
 
 
-def measure(embed: int, depth: int, n: int, args: argparse.Namespace) -> dict[str, float]:
+def subspace_overlap(kept: list[KFACSignificance], exact: list[KFACSignificance]) -> float:
+    """Mean over matrices and both factors of ||U_exact^T U||_F^2 / k: 1 = the same retained directions."""
+    scores = []
+    for e, x in zip(kept, exact):
+        for a, b in ((e.U, x.U), (e.V, x.V)):
+            k = min(a.shape[1], b.shape[1])
+            scores.append(float((b[:, :k].T.double() @ a[:, :k].double()).pow(2).sum()) / k)
+    return statistics.fmean(scores)
+
+
+def measure(embed: int, depth: int, n: int, args: argparse.Namespace, stride: int = 1,
+            exact: list[KFACSignificance] | None = None) -> dict[str, float]:
     model = make_model(embed, depth, args)
-    config = SRFTConfig(prior_rank=args.rank, factor_dtype=args.factor_dtype)
+    config = SRFTConfig(prior_rank=args.rank, factor_dtype=args.factor_dtype, factor_token_stride=stride)
     targets = select_targets(model, None, None, config.prior_estimator)
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(args.batch, 3, args.img_size, args.img_size, generator=g).to(args.device) for _ in range(n)]
@@ -128,18 +142,27 @@ def measure(embed: int, depth: int, n: int, args: argparse.Namespace) -> dict[st
     kept_bytes = sum(nbytes(e.U) + nbytes(e.V) + nbytes(e.omega) for e in kept)
     kept_bytes += sum(nbytes(f) for f in stats.fisher.values())
     med = statistics.median
-    return dict(embed=embed, depth=depth, n=n, params=sum(p.numel() for p in model.parameters()),
+    return dict(embed=embed, depth=depth, n=n, stride=stride, params=sum(p.numel() for p in model.parameters()),
                 plain=med(plain), collect=med(collect), accum=med(accum), eig=med(eig),
-                factors=factors, weights=weights, kept=kept_bytes)
+                factors=factors, weights=weights, kept=kept_bytes, entries=kept,
+                overlap=subspace_overlap(kept, exact) if exact is not None else 1.0)
+
+
+def measure_strides(embed: int, depth: int, n: int, args: argparse.Namespace) -> list[dict[str, float]]:
+    """One row per ``--token-strides`` value; the overlap column compares each with the exact (stride 1) prior."""
+    exact = measure(embed, depth, n, args)
+    return [exact] + [measure(embed, depth, n, args, s, exact["entries"]) for s in args.token_strides if s != 1]
 
 
 def print_table(title: str, rows: list[dict[str, float]]) -> None:
     print(f"\n{title}")
-    print(f"{'embed':>6}{'depth':>6}{'params M':>9}{'N':>4}{'plain ms':>10}{'collect ms':>11}{'accum ms':>10}"
+    print(f"{'embed':>6}{'depth':>6}{'params M':>9}{'N':>4}{'stride':>7}{'overlap':>8}{'plain ms':>10}"
+          f"{'collect ms':>11}{'accum ms':>10}"
           f"{'eig ms':>9}{'collect x':>10}{'+eig x':>8}{'eig share':>10}{'factors MB':>11}{'x W':>6}{'kept MB':>9}")
     for r in rows:
         total = r["collect"] + r["eig"]
-        print(f"{r['embed']:>6}{r['depth']:>6}{r['params'] / 1e6:>9.2f}{r['n']:>4}{1000 * r['plain']:>10.0f}"
+        print(f"{r['embed']:>6}{r['depth']:>6}{r['params'] / 1e6:>9.2f}{r['n']:>4}{r['stride']:>7}{r['overlap']:>8.3f}"
+              f"{1000 * r['plain']:>10.0f}"
               f"{1000 * r['collect']:>11.0f}{1000 * r['accum']:>10.0f}{1000 * r['eig']:>9.0f}"
               f"{r['collect'] / r['plain']:>10.2f}{total / r['plain']:>8.2f}{r['eig'] / total:>10.1%}"
               f"{r['factors'] / 2**20:>11.1f}{r['factors'] / r['weights']:>6.1f}{r['kept'] / 2**20:>9.2f}", flush=True)
@@ -147,15 +170,17 @@ def print_table(title: str, rows: list[dict[str, float]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--widths", type=int, nargs="+", default=[192, 384, 768], help="embed dims of the width sweep")
+    parser.add_argument("--widths", type=int, nargs="*", default=[192, 384, 768], help="embed dims of the width sweep")
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--n-width", type=int, default=2, help="calibration batches in the width sweep")
-    parser.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4, 8], help="calibration batches of the N sweep")
+    parser.add_argument("--ns", type=int, nargs="*", default=[1, 2, 4, 8], help="calibration batches of the N sweep")
     parser.add_argument("--n-sweep-width", type=int, default=384, help="embed dim of the N sweep")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rank", type=int, default=32, help="prior_rank")
     parser.add_argument("--factor-dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--token-strides", type=int, nargs="+", default=[1, 4],
+                        help="factor_token_stride values; each row with stride > 1 is compared with stride 1")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
@@ -170,10 +195,10 @@ def main() -> None:
     if args.widths:
         rows = []
         for embed in args.widths:
-            rows.append(measure(embed, args.depth, args.n_width, args))
+            rows += measure_strides(embed, args.depth, args.n_width, args)
         print_table(f"width sweep (depth {args.depth}, N = {args.n_width} batches)", rows)
     if args.ns:
-        rows = [measure(args.n_sweep_width, args.depth, n, args) for n in args.ns]
+        rows = [row for n in args.ns for row in measure_strides(args.n_sweep_width, args.depth, n, args)]
         print_table(f"N sweep (embed {args.n_sweep_width}, depth {args.depth})", rows)
 
 

@@ -66,7 +66,8 @@ CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SRFTConfig))
 #: Keys a checkpoint cannot be read without.
 REQUIRED_KEYS = ("format_version", "prior_estimator", "fingerprint", "entries")
 #: Config fields that describe how the stored significance was computed; ``from_pretrained`` cannot override them.
-ESTIMATION_FIELDS = ("prior_estimator", "prior_rank", "prior_energy", "calibration_objective", "factor_dtype", "damping")
+ESTIMATION_FIELDS = ("prior_estimator", "prior_rank", "prior_energy", "calibration_objective", "factor_dtype",
+                     "factor_token_stride", "damping")
 
 PathLike = Union[str, Path]
 
@@ -188,7 +189,7 @@ def model_card(meta: dict[str, Any], repo_id: Optional[str] = None) -> str:
     rows = {
         "base model": f"`{base['name']}`{revision}, class `{base['class']}`",
         "estimator": f"`{meta['prior_estimator']}` (prior_rank={meta['prior_rank']}, prior_energy={meta['prior_energy']}, "
-                     f"factor_dtype={meta['factor_dtype']})",
+                     f"factor_dtype={meta['factor_dtype']}, factor_token_stride={meta.get('factor_token_stride', 1)})",
         "calibration": f"{cal['num_examples']} examples in {cal['num_batches']} batches, objective `{cal['objective']}`",
         "normalizer c": f"{meta['normalizer']:.6g}",
         "regularized parameters": describe_entries(entries),

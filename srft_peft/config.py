@@ -92,6 +92,14 @@ class SRFTConfig:
         default="float64",
         metadata={"help": "dtype of the Kronecker factors while they are accumulated and eigendecomposed."},
     )
+    factor_token_stride: int = field(
+        default=1,
+        metadata={
+            "help": "Accumulate the K-FAC factors over every k-th token of each batch (the offset cycles with the batch "
+            "index) and scale up, instead of over all tokens: the factor products, most of estimate_prior's extra cost, "
+            "shrink about k-fold; the factors stay unbiased. 1 = every token (exact)."
+        },
+    )
     damping: float = field(
         default=0.0,
         metadata={"help": "Non-negative value added to every retained curvature before normalization (0 = none)."},
@@ -202,6 +210,9 @@ class SRFTConfig:
             raise ValueError(f"prior_energy must be in (0, 1] or None, got {self.prior_energy!r}")
         if self.prior_estimator == "kfac" and self.prior_rank is None and self.prior_energy is None:
             raise ValueError("prior_rank and prior_energy cannot both be None with prior_estimator='kfac'")
+        stride = self.factor_token_stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"factor_token_stride must be a positive integer, got {stride!r}")
         self._check_range("damping", 0.0, math.inf)
         self._check_range("transfer_beta", 0.0, 1.0, high_open=True)
         self._check_range("spikiness_max", 0.0, math.inf, low_open=True)

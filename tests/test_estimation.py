@@ -120,3 +120,28 @@ def test_num_batches_limits_calibration(token_mlp, token_batches):
     srft = get_srft_model(token_mlp, SRFTConfig(target_modules=["fc1"], prior_rank=2))
     prior = srft.estimate_prior(token_batches * 5, num_batches=3, progress=False)
     assert prior.num_batches == 3 and prior.num_examples == 9
+
+
+def test_factor_token_stride_scales_the_kept_tokens(token_mlp, token_batches):
+    """With every token present twice in a row, stride 2 (offset 0 for batch 0, 1 for batch 1) keeps one of each pair
+    and scales by 2: the factors equal the exact ones. On distinct tokens stride 3 gives other, same-sized factors."""
+    cfg = SRFTConfig(target_modules=["fc1", "fc2"])
+    targets = select_targets(token_mlp, cfg.target_modules, None)
+    model = type(token_mlp)(tokens=10)
+    model.load_state_dict({**token_mlp.state_dict(), "pos": token_mlp.pos.detach().repeat_interleave(2, dim=0)})
+    doubled = [x.repeat_interleave(2, dim=1) for x in token_batches]
+    model_targets = select_targets(model, cfg.target_modules, None)
+    exact = collect_statistics(model, model_targets, doubled, cfg, progress=False)
+    strided = collect_statistics(model, model_targets, doubled, SRFTConfig(target_modules=["fc1", "fc2"],
+                                                                           factor_token_stride=2), progress=False)
+    for name, (A, S) in exact.factors.items():
+        torch.testing.assert_close(strided.factors[name][0], A, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(strided.factors[name][1], S, rtol=1e-5, atol=1e-7)
+    third = collect_statistics(token_mlp, targets, token_batches, SRFTConfig(target_modules=["fc1", "fc2"],
+                                                                             factor_token_stride=3), progress=False)
+    full = collect_statistics(token_mlp, targets, token_batches, cfg, progress=False)
+    A3, A1 = third.factors["fc1.weight"][0], full.factors["fc1.weight"][0]
+    assert A3.shape == A1.shape and not torch.allclose(A3, A1)
+    assert 0.3 < A3.trace() / A1.trace() < 3.0  # same scale: the kept tokens were scaled up
+    with pytest.raises(ValueError, match="factor_token_stride must be a positive integer, got 0"):
+        SRFTConfig(factor_token_stride=0)

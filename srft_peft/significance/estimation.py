@@ -96,13 +96,22 @@ class _Accumulator:
         self.S: Optional[torch.Tensor] = None
         self.counts = torch.zeros(2, dtype=torch.float64)
 
-    def add(self, a_tok: torch.Tensor, g_tok: torch.Tensor, dtype: torch.dtype) -> None:
+    def add(self, a_tok: torch.Tensor, g_tok: torch.Tensor, dtype: torch.dtype, stride: int = 1, offset: int = 0) -> None:
+        """Add one batch; with ``stride`` k > 1 only token rows offset, offset + k, ... enter the products, which are
+        scaled by (all rows / kept rows) so that the sums stay unbiased."""
         a2, g2 = a_tok.reshape(-1, a_tok.shape[-1]), g_tok.reshape(-1, g_tok.shape[-1])
+        rows = a2.shape[0]
+        if stride > 1 and rows > 1:
+            start = offset % min(stride, rows)
+            a2, g2 = a2[start::stride], g2[start::stride]
+        scale = rows / a2.shape[0]
         A, S = (a2.T @ a2).to(dtype), (g2.T @ g2).to(dtype)
+        if scale != 1.0:
+            A, S = A * scale, S * scale
         self.A = A if self.A is None else self.A + A
         self.S = S if self.S is None else self.S + S
         self.counts = self.counts.to(A.device)
-        self.counts += torch.tensor([a2.shape[0], a_tok.shape[0]], dtype=torch.float64, device=A.device)
+        self.counts += torch.tensor([rows, a_tok.shape[0]], dtype=torch.float64, device=A.device)
 
 
 def _as_tokens(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +215,7 @@ def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iter
                 a_tok, g_tok = _as_tokens(module, a.float(), g.float() * B)
                 key = id(module)
                 if key in accumulators:
-                    accumulators[key].add(a_tok, g_tok, factor_dtype)
+                    accumulators[key].add(a_tok, g_tok, factor_dtype, config.factor_token_stride, batches)
                 for t in per_example_diag.get(key, []):
                     if t.name.endswith("bias"):
                         fisher_sums[t.name] += g_tok.sum(1).pow(2).sum(0)
