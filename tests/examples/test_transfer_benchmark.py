@@ -36,9 +36,21 @@ def test_quick_run(tiny_data, tmp_path, capsys):
     transfer.main(quick_args(tiny_data, out, "--steps", "2", "--jobs", "1"))
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/bench.json")} == stamps
     capsys.readouterr()
-    transfer.main(quick_args(tiny_data, out, "--steps", "3", "--jobs", "1", "--methods", "full"))
+    transfer.main(quick_args(tiny_data, out, "--steps", "3", "--jobs", "1", "--methods", "full", "srft",
+                             "--sweep", "lambda_prior", "0.5", "2"))
     assert "rgbt full" in capsys.readouterr().out
     assert json.loads((out / "runs" / "rgbt-full-seed0" / "bench.json").read_text())["settings"]["steps"] == 3
+    # the two sweep points share one prior: the first estimates it, the second loads it
+    first, second = (json.loads((out / "runs" / f"rgbt-srft_lambda_prior{v}-seed0" / "bench.json").read_text())
+                     for v in ("0.5", "2"))
+    assert first["prior"].startswith("estimated")
+    assert second["prior"] == f"loaded: {out / 'runs' / 'rgbt-srft_lambda_prior0.5-seed0' / 'prior'}"
+
+    # --report runs nothing: it tables every run found, naming each row's SRFT overrides
+    report = transfer.main(["--report", "--out", str(out)])["rgbt"]
+    assert list(report) == [transfer.BASELINE, "srft prior_rank=4", "srft lambda_prior=0.5 prior_rank=4",
+                            "srft lambda_prior=2 prior_rank=4", "full", "lora"]
+    assert "total" not in (out / "transfer.md").read_text().splitlines()[0]
 
 
 def test_sweep_and_bad_flags(tiny_data, tmp_path):
@@ -46,7 +58,17 @@ def test_sweep_and_bad_flags(tiny_data, tmp_path):
                                 "--sweep", "lambda_prior", "0.1", "1"])
     labels = [run.label for run in transfer.plan(args)]
     assert labels == ["srft lambda_prior=0.1", "srft lambda_prior=1", "full"]
-    assert transfer.plan(args)[0].settings["srft_overrides"] == {"lambda_prior": 0.1}
+    runs = transfer.plan(args)
+    assert runs[0].settings["srft_overrides"] == {"lambda_prior": 0.1}
+    # lambda is not an estimation field: both points share a prior; other seeds, ranks or methods do not
+    assert transfer.prior_key(runs[0]) == transfer.prior_key(runs[1]) is not None
+    assert transfer.prior_key(runs[2]) is None  # full
+    other = transfer.plan(transfer.parse_args(["--methods", "srft", "ewc", "l2sp", "srft-transfer-only", "--seeds", "1",
+                                               "--modalities", "rgbt", "rgbd", "--srft", "prior_rank=4"]))
+    keys = {(r.modality, r.method): transfer.prior_key(r) for r in other}
+    assert keys[("rgbt", "srft")] == keys[("rgbd", "srft")]  # the demo RGB set calibrates every modality
+    assert len({keys[("rgbt", "srft")], keys[("rgbt", "ewc")], transfer.prior_key(runs[0])}) == 3
+    assert keys[("rgbt", "l2sp")] is None and keys[("rgbt", "srft-transfer-only")] is None
     with pytest.raises(SystemExit):
         transfer.parse_args(["--set", "not_a_field=1"])
     with pytest.raises(SystemExit):
