@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from srft_peft import SRFTConfig, get_srft_model
-from srft_peft.regularizer.transfer import rank_damping
+from srft_peft.regularizer.transfer import RANK_LEVELS, rank_codes, rank_damping
 
 
 def prepared(model, batches, **cfg):
@@ -155,6 +155,21 @@ def test_gather_mapping_reproduces_the_authors_formula():
     assert scatter.flatten()[s.flatten().argmax()] == pytest.approx(0.65)
 
 
+@pytest.mark.parametrize("mapping", ["scatter", "gather"])
+def test_rank_codes_decode_to_rank_damping(mapping):
+    """The int16 cache: half the bytes of m, and decoded m within (m_max - m_min) / (2 * RANK_LEVELS) of exact."""
+    torch.manual_seed(0)
+    v = torch.rand(7, 300)
+    cfg = SRFTConfig(transfer_mode="rank", rank_mapping=mapping)
+    codes = rank_codes(v, cfg)
+    assert codes.dtype == torch.int16 and codes.shape == v.shape and codes.element_size() == 2
+    assert int(codes.min()) == 0 and int(codes.max()) == RANK_LEVELS
+    decoded = 0.25 + 0.4 * codes.double() / RANK_LEVELS
+    exact = rank_damping(v.double(), cfg)
+    assert (decoded - exact).abs().max() <= 0.4 / (2 * RANK_LEVELS) + 1e-12
+    assert torch.equal(codes.flatten().argsort(stable=True), exact.flatten().argsort(stable=True))
+
+
 def test_statistics_not_updated_on_non_finite_gradients():
     _, srft = transfer_only_step(torch.tensor([1.0, 1.0, 2.0, 0.0]), "value", transfer_beta=0.5)
     engine = srft._engine
@@ -184,8 +199,20 @@ def test_step_counter_and_state_round_trip(token_mlp, token_batches):
     other = prepared(copy.deepcopy(token_mlp), token_batches, transfer_statistics="own", transfer_mode="rank")
     other.load_srft_state_dict(state)
     assert other.step == 3 and torch.equal(other._engine.v_flat, srft._engine.v_flat)
-    rank_a, rank_b = other._engine.transfer.rank_m, srft._engine.transfer.rank_m
+    rank_a, rank_b = other._engine.transfer.rank_codes, srft._engine.transfer.rank_codes
     assert rank_a.keys() == rank_b.keys() and all(torch.equal(rank_a[k], rank_b[k]) for k in rank_a)
+    # a state from before the int16 cache (float m) converts to the same codes
+    old = {**state, "tensors": {k: v for k, v in state["tensors"].items() if not k.startswith("transfer.rank_codes.")}}
+    for i, codes in rank_b.items():
+        m = 0.25 + 0.4 * codes.double() / RANK_LEVELS
+        old["tensors"][f"transfer.rank_m.{srft._engine.names[i]}"] = m.float()
+    third = prepared(copy.deepcopy(token_mlp), token_batches, transfer_statistics="own", transfer_mode="rank")
+    third.load_srft_state_dict(old)
+    assert all(torch.equal(third._engine.transfer.rank_codes[k], rank_b[k]) for k in rank_b)
+    bad = {**state, "tensors": {**state["tensors"], next(k for k in state["tensors"] if "rank_codes" in k):
+                                torch.zeros(1)}}
+    with pytest.raises(ValueError, match="must be an int16 tensor"):
+        third.load_srft_state_dict(bad)
 
 
 def test_warns_once_when_training_without_optimizer(token_mlp, token_batches):

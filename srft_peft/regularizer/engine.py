@@ -33,7 +33,7 @@ from ..targeting import Target
 from .layout import FlatLayout
 from .lora_term import build_prior_term
 from .prior_term import PriorTerm
-from .transfer import TransferTerm, ema_update_
+from .transfer import RANK_LEVELS, TransferTerm, ema_update_
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -261,7 +261,7 @@ class SRFTEngine:
             "parameters": size(self.params),
             "workspace": size([self._workspace]) if self._workspace is not None else 0,
             "statistics": size([self.v_flat]) if self.v_flat is not None else 0,
-            "rank_damping": size(self.transfer.rank_m.values()),
+            "rank_damping": size(self.transfer.rank_codes.values()),
             "prior": prior,
         }
 
@@ -271,8 +271,8 @@ class SRFTEngine:
         tensors: dict[str, torch.Tensor] = {}
         if self.v_flat is not None:
             tensors["transfer.v"] = self.v_flat
-        for i, m in self.transfer.rank_m.items():
-            tensors[f"transfer.rank_m.{self.names[i]}"] = m
+        for i, codes in self.transfer.rank_codes.items():
+            tensors[f"transfer.rank_codes.{self.names[i]}"] = codes
         if self.prior_term is not None:
             tensors.update({f"anchor.{k}": v for k, v in self.prior_term.state_tensors().items()})
         return {"step": self.step, "total_steps": self.total_steps, "statistics": self.statistics,
@@ -288,9 +288,20 @@ class SRFTEngine:
             if self.v_flat is None:
                 self.v_flat = self.layout.new_buffer()
             self.v_flat.copy_(v)
-        self.transfer.rank_m = {i: tensors[f"transfer.rank_m.{n}"].to(p.device, p.dtype).clone()
-                                for i, (n, p) in enumerate(zip(self.names, self.params))
-                                if f"transfer.rank_m.{n}" in tensors}
+        self.transfer.rank_codes = {}
+        for i, (n, p) in enumerate(zip(self.names, self.params)):
+            codes = tensors.get(f"transfer.rank_codes.{n}")
+            if codes is None and f"transfer.rank_m.{n}" in tensors:  # states written before the int16 cache
+                cfg = self.config
+                m = tensors[f"transfer.rank_m.{n}"].double()
+                codes = ((m - cfg.damping_min) * (RANK_LEVELS / (cfg.damping_max - cfg.damping_min))).round_()
+                codes = codes.clamp_(0, RANK_LEVELS).to(torch.int16)
+            if codes is None:
+                continue
+            if codes.dtype != torch.int16 or codes.shape != p.shape:
+                raise ValueError(f"transfer.rank_codes.{n} must be an int16 tensor of shape {tuple(p.shape)}, got "
+                                 f"{codes.dtype} {tuple(codes.shape)}")
+            self.transfer.rank_codes[i] = codes.to(p.device).clone()
         if self.prior_term is not None:
             anchors = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}
             if anchors:

@@ -38,6 +38,31 @@ def rank_damping(v: torch.Tensor, config: SRFTConfig) -> torch.Tensor:
     return m.view_as(v)
 
 
+#: Rank-mode damping is cached between re-sorts as int16 codes, m = m_min + (m_max - m_min) * code / RANK_LEVELS: two
+#: bytes per element instead of four, and m within (m_max - m_min) / (2 * RANK_LEVELS) of :func:`rank_damping`.
+RANK_LEVELS = 32767
+
+
+def rank_codes(v: torch.Tensor, config: SRFTConfig) -> torch.Tensor:
+    """:func:`rank_damping` of ``v`` as int16 codes (see :data:`RANK_LEVELS`); :func:`decode_rank_codes_` decodes."""
+    flat = v.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    levels = torch.linspace(0, RANK_LEVELS, flat.numel(), device=v.device, dtype=torch.float64).round_()
+    levels = levels.to(torch.int16)
+    if config.rank_mapping == "gather":
+        codes = levels[order]
+    else:
+        codes = torch.empty_like(levels).scatter_(0, order, levels)
+    return codes.view(v.shape)
+
+
+def decode_rank_codes_(out: list[torch.Tensor], codes: list[torch.Tensor], config: SRFTConfig) -> None:
+    """out <- m_min + (m_max - m_min) * codes / RANK_LEVELS, elementwise, in place (fused over the tensors)."""
+    torch._foreach_copy_(out, codes)
+    torch._foreach_mul_(out, (config.damping_max - config.damping_min) / RANK_LEVELS)
+    torch._foreach_add_(out, config.damping_min)
+
+
 def nonnegative_sums(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Sum of each tensor (all elements >= 0, so its L1 norm) as one (P,) tensor, without a host sync.
 
@@ -69,7 +94,8 @@ class TransferTerm:
         self.config = config
         self._numels = [p.numel() for p in params]
         self._numel_cache: dict[tuple[int, ...], torch.Tensor] = {}
-        self.rank_m: dict[int, torch.Tensor] = {}  # 'rank' mode: parameter index -> m, refreshed every rank_interval
+        # 'rank' mode: parameter index -> int16 codes of m (see RANK_LEVELS), refreshed every rank_interval steps
+        self.rank_codes: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
     def damping_into_(self, index: Sequence[int], v: Sequence[torch.Tensor], out: Sequence[torch.Tensor], step: int,
@@ -80,13 +106,11 @@ class TransferTerm:
         if cfg.transfer_mode == "rank":
             refresh = step % cfg.rank_interval == 0
             for i, t in zip(index, v):
-                if refresh or i not in self.rank_m:
-                    self.rank_m[i] = rank_damping(t, cfg)
-            rank_m = [self.rank_m[i] for i in index]
-            torch._foreach_copy_(out, rank_m)
-            if cfg.sparsity_gamma > 0:
-                h = hoyer_sparsity(v, out).pow(cfg.sparsity_gamma)
-                torch._foreach_copy_(out, rank_m)
+                if refresh or i not in self.rank_codes:
+                    self.rank_codes[i] = rank_codes(t, cfg)
+            h = hoyer_sparsity(v, out).pow(cfg.sparsity_gamma) if cfg.sparsity_gamma > 0 else None  # out: scratch
+            decode_rank_codes_(out, [self.rank_codes[i] for i in index], cfg)
+            if h is not None:
                 torch._foreach_sub_(out, cfg.damping_min)
                 torch._foreach_mul_(out, list(h.unbind(0)))
                 torch._foreach_add_(out, cfg.damping_min)
