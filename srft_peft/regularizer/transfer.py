@@ -28,14 +28,16 @@ def rank_damping(v: torch.Tensor, config: SRFTConfig) -> torch.Tensor:
     ``rank_mapping="scatter"`` gives the k-th smallest element the k-th value; ``"gather"`` reproduces the authors'
     released code, which indexes the linspace with the sort order instead.
     """
-    flat = v.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    lin = torch.linspace(config.damping_min, config.damping_max, flat.numel(), device=v.device, dtype=v.dtype)
-    if config.rank_mapping == "gather":
-        m = lin[order]
-    else:
-        m = torch.empty_like(flat).scatter_(0, order, lin)
-    return m.view_as(v)
+    lin = torch.linspace(config.damping_min, config.damping_max, v.numel(), device=v.device, dtype=v.dtype)
+    return _map_by_rank(v, lin, config.rank_mapping)
+
+
+def _map_by_rank(v: torch.Tensor, levels: torch.Tensor, mapping: str) -> torch.Tensor:
+    """``levels`` (ascending, one per element) placed by the stable rank of v: the k-th smallest element gets the
+    k-th level (``"scatter"``), or, as the released code does, ``levels[argsort(v)]`` (``"gather"``)."""
+    order = torch.argsort(v.reshape(-1), stable=True)
+    mapped = levels[order] if mapping == "gather" else torch.empty_like(levels).scatter_(0, order, levels)
+    return mapped.view(v.shape)
 
 
 #: Rank-mode damping is cached between re-sorts as int16 codes, m = m_min + (m_max - m_min) * code / RANK_LEVELS: two
@@ -45,15 +47,8 @@ RANK_LEVELS = 32767
 
 def rank_codes(v: torch.Tensor, config: SRFTConfig) -> torch.Tensor:
     """:func:`rank_damping` of ``v`` as int16 codes (see :data:`RANK_LEVELS`); :func:`decode_rank_codes_` decodes."""
-    flat = v.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    levels = torch.linspace(0, RANK_LEVELS, flat.numel(), device=v.device, dtype=torch.float64).round_()
-    levels = levels.to(torch.int16)
-    if config.rank_mapping == "gather":
-        codes = levels[order]
-    else:
-        codes = torch.empty_like(levels).scatter_(0, order, levels)
-    return codes.view(v.shape)
+    levels = torch.linspace(0, RANK_LEVELS, v.numel(), device=v.device, dtype=torch.float64).round_()
+    return _map_by_rank(v, levels.to(torch.int16), config.rank_mapping)
 
 
 def decode_rank_codes_(out: list[torch.Tensor], codes: list[torch.Tensor], config: SRFTConfig) -> None:
