@@ -130,32 +130,29 @@ def run_one(run: Run, out: Path, evaluate_baseline: bool, prior_from: Run | None
 def run_all(runs: list[Run], out: Path, jobs: int) -> list[dict]:
     """Run (or reuse) every run. The first run of each modality also evaluates the RGB tracker; the first run of each
     :func:`prior_key` estimates the prior, the others of the key start once it is done and load it."""
-    first_of_modality: dict[str, Run] = {}
-    provider: dict[str, Run] = {}
-    for run in runs:
-        first_of_modality.setdefault(run.modality, run)
-        key = prior_key(run)
+    keys = [prior_key(run) for run in runs]
+    provider: dict[str, int] = {}
+    first_of_modality: dict[str, int] = {}
+    for i, (run, key) in enumerate(zip(runs, keys)):
+        first_of_modality.setdefault(run.modality, i)
         if key is not None:
-            provider.setdefault(key, run)
-    calls = []
-    for run in runs:
-        source = provider.get(prior_key(run) or "")
-        calls.append((run, out, first_of_modality[run.modality] is run, None if source is run else source))
+            provider.setdefault(key, i)
+    source = [provider[key] if key is not None and provider[key] != i else None for i, key in enumerate(keys)]
+    calls = [(run, out, first_of_modality[run.modality] == i, None if source[i] is None else runs[source[i]])
+             for i, run in enumerate(runs)]
     # providers first (their dependents wait for them), then the rest, longest (prior estimation) first
-    order = sorted(range(len(calls)), key=lambda i: (calls[i][3] is not None, prior_key(calls[i][0]) is None))
+    order = sorted(range(len(runs)), key=lambda i: (source[i] is not None, keys[i] is None))
     if jobs <= 1:
         records = {i: run_one(*calls[i]) for i in order}
-        return [records[i] for i in range(len(calls))]
-    index = {id(run): i for i, run in enumerate(runs)}
+        return [records[i] for i in range(len(runs))]
     # spawn: fresh interpreters (no forked torch thread pools)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {}
         for i in order:
-            source = calls[i][3]
-            if source is not None:
-                futures[index[id(source)]].result()  # dependents are ordered after every provider
+            if source[i] is not None:
+                futures[source[i]].result()  # dependents are ordered after every provider
             futures[i] = pool.submit(run_one, *calls[i])
-        return [futures[i].result() for i in range(len(calls))]
+        return [futures[i].result() for i in range(len(runs))]
 
 
 def report_order(record: dict) -> tuple:
