@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from transformers.utils import ModelOutput
@@ -49,6 +50,7 @@ VARIANTS: dict[str, dict[str, int]] = {
 }
 _DEFAULT_HEAD_CHANNELS = {"tiny": 64, "small": 256, "base": 256}
 MODES = ("rgb", "dual_stream", "prompt")
+CE_TEMPLATE_RANGES = ("ctr_point", "all")
 FUSION_INITS = ("copy", "identity")
 # Fields that define tensor shapes: they cannot change when converting an RGB model with `from_rgb`.
 _ARCH_FIELDS = ("variant", "template_size", "search_size", "patch_size", "head_channels")
@@ -105,6 +107,27 @@ class TrackerConfig:
     prompt_layers: tuple[int, ...] | None = field(
         default=None, metadata={"help": "prompt only: blocks preceded by a prompt block. None = all blocks."}
     )
+    ce_locations: tuple[int, ...] = field(
+        default=(),
+        metadata={
+            "help": "Candidate elimination (OSTrack's CE models): blocks after whose attention the least attended search "
+            "tokens are dropped from all later blocks. () = off (non-CE models). OSTrack *_ce_* configs: (3, 6, 9)."
+        },
+    )
+    ce_keep_ratio: tuple[float, ...] = field(
+        default=(),
+        metadata={
+            "help": "One ratio in (0, 1] per ce_locations entry: that block keeps ceil(ratio * remaining) search tokens "
+            "(OSTrack: 0.7 each)."
+        },
+    )
+    ce_template_range: str = field(
+        default="ctr_point",
+        metadata={
+            "help": "Template tokens whose attention ranks the search tokens: 'ctr_point' (the centre token, row and "
+            "column (Ft-1)//2, OSTrack's CTR_POINT) or 'all' (every template token)."
+        },
+    )
     drop_path: float = field(default=0.0, metadata={"help": "Stochastic depth rate, linearly increasing with depth."})
     focal_weight: float = field(default=1.0, metadata={"help": "Weight of the focal (heatmap) loss."})
     giou_weight: float = field(default=2.0, metadata={"help": "Weight of the GIoU loss."})
@@ -128,6 +151,7 @@ class TrackerConfig:
         if self.prompt_layers is None:
             self.prompt_layers = tuple(range(depth))
         self.prompt_layers = self._check_layers("prompt_layers", self.prompt_layers, depth)
+        self._check_ce(depth)
         if self.head_channels is None:
             self.head_channels = _DEFAULT_HEAD_CHANNELS[self.variant]
         if not isinstance(self.head_channels, int) or self.head_channels < 8 or self.head_channels % 8:
@@ -140,6 +164,25 @@ class TrackerConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    def _check_ce(self, depth: int) -> None:
+        self.ce_locations = self._check_layers("ce_locations", self.ce_locations, depth)
+        try:
+            ratios = tuple(self.ce_keep_ratio)
+        except TypeError as err:
+            raise ValueError(f"ce_keep_ratio must be a sequence of numbers, got {self.ce_keep_ratio!r}") from err
+        if any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1 for r in ratios):
+            raise ValueError(f"ce_keep_ratio entries must be numbers in (0, 1], got {self.ce_keep_ratio!r}")
+        if len(ratios) != len(self.ce_locations):
+            raise ValueError(
+                f"ce_keep_ratio needs one entry per ce_locations entry {list(self.ce_locations)}, "
+                f"got {self.ce_keep_ratio!r}"
+            )
+        self.ce_keep_ratio = tuple(float(r) for r in ratios)
+        if self.ce_template_range not in CE_TEMPLATE_RANGES:
+            raise ValueError(
+                f"ce_template_range must be one of {list(CE_TEMPLATE_RANGES)}, got {self.ce_template_range!r}"
+            )
 
     @staticmethod
     def _check_layers(name: str, layers: Any, depth: int) -> tuple[int, ...]:
@@ -185,7 +228,11 @@ class TrackerConfig:
     # --- presets / serialisation ---------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TrackerConfig:
-        """``"ostrack256"`` (template 128 / search 256) or ``"ostrack384"`` (192 / 384), ViT-B unless overridden."""
+        """``"ostrack256"`` (template 128 / search 256) or ``"ostrack384"`` (192 / 384), ViT-B unless overridden.
+
+        The ``*_ce`` presets add OSTrack's candidate elimination (blocks 3, 6, 9 keep 70 %), as in the official
+        ``vitb_256_mae_ce_32x4_ep300`` / ``vitb_384_mae_ce_32x4_ep300`` checkpoints.
+        """
         if name not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
         return cls(**{**PRESETS[name], **overrides})
@@ -194,6 +241,8 @@ class TrackerConfig:
         data = dataclasses.asdict(self)
         data["fusion_layers"] = list(self.fusion_layers or ())
         data["prompt_layers"] = list(self.prompt_layers or ())
+        data["ce_locations"] = list(self.ce_locations)
+        data["ce_keep_ratio"] = list(self.ce_keep_ratio)
         return data
 
     @classmethod
@@ -216,6 +265,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ostrack256": {"variant": "base", "template_size": 128, "search_size": 256},
     "ostrack384": {"variant": "base", "template_size": 192, "search_size": 384},
 }
+_OSTRACK_CE = {"ce_locations": (3, 6, 9), "ce_keep_ratio": (0.7, 0.7, 0.7), "ce_template_range": "ctr_point"}
+PRESETS.update({f"{name}_ce": {**PRESETS[name], **_OSTRACK_CE} for name in ("ostrack256", "ostrack384")})
 
 
 @dataclass
@@ -359,6 +410,59 @@ def decode_center_maps(score_map: torch.Tensor, size_map: torch.Tensor, offset_m
     return torch.stack([cx, cy, size[:, 0], size[:, 1]], dim=1)
 
 
+def _attention_residual(block: Block, x: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """First half of a timm ``Block``: ``x + attention branch``, and the attention that query tokens ``rows`` pay
+    to every token, averaged over those rows and the heads (B, N).
+
+    The block output uses the fused kernel; only the few query rows CE reads are recomputed explicitly.
+    """
+    attn = block.attn
+    if getattr(attn, "gate", None) is not None:
+        raise ValueError("candidate elimination does not support gated attention blocks")
+    b, n, _ = x.shape
+    h = block.norm1(x)
+    q, k, v = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, n, -1))))
+    weights = torch.softmax((q[:, :, rows] * attn.scale) @ k.transpose(-2, -1), dim=-1)  # (B, H, rows, N)
+    return x + block.drop_path1(block.ls1(out)), weights.mean(dim=(1, 2))
+
+
+def _mlp_residual(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """Second half of a timm ``Block``: ``x + MLP branch``."""
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def _eliminate(
+    tensors: list[torch.Tensor], score: torch.Tensor, kept: torch.Tensor, n_z: int, ratio: float
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Keep the ``ceil(ratio * Ns)`` search tokens with the highest ``score`` (B, Ns) in every tensor of ``tensors``
+    (B, Nz + Ns, D); ``kept`` (B, Ns) holds their original search indices and is gathered alike."""
+    n_s = score.shape[1]
+    n_keep = math.ceil(ratio * n_s)
+    if n_keep >= n_s:
+        return tensors, kept
+    top = score.topk(n_keep, dim=1).indices  # most attended first, as OSTrack orders them
+    out = []
+    for t in tensors:
+        idx = top.unsqueeze(-1).expand(-1, -1, t.shape[-1])
+        out.append(torch.cat([t[:, :n_z], t[:, n_z:].gather(1, idx)], dim=1))
+    return out, kept.gather(1, top)
+
+
+def _restore_search(tokens: torch.Tensor, kept: torch.Tensor | None, n_s: int) -> torch.Tensor:
+    """Joint tokens (B, Nz + k, D) -> (B, Nz + Ns, D): kept search tokens back at their original indices,
+    eliminated ones zero (after the final norm, as in OSTrack)."""
+    if kept is None or kept.shape[1] == n_s:
+        return tokens
+    n_z = tokens.shape[1] - kept.shape[1]
+    search = tokens.new_zeros(tokens.shape[0], n_s, tokens.shape[2])
+    search = search.scatter(1, kept.unsqueeze(-1).expand(-1, -1, tokens.shape[2]), tokens[:, n_z:])
+    return torch.cat([tokens[:, :n_z], search], dim=1)
+
+
 class PromptBlock(nn.Module):
     """Low-rank prompt: ``up(GELU(down_rgb(LN(t)) + down_x(LN(p))))``, added to the RGB tokens ``t``.
 
@@ -416,6 +520,12 @@ class OSTrackRGBX(nn.Module):
     * ``prompt`` (ViPT-like PEFT baseline): frozen ``backbone``/``box_head``; ``prompt.patch_embed`` embeds X (plus
       the frozen positional embeddings) into tokens p; before each block i in ``prompt_layers``,
       ``t = t + prompt.blocks[str(i)](t, p)``. Only ``prompt.*`` trains.
+
+    Candidate elimination (``config.ce_locations``, OSTrack's CE models): inside each listed block, between its
+    attention and its MLP, only the ``ceil(ratio * remaining)`` search tokens that the template centre token attends to
+    most (mean over heads) stay for the later blocks; before the head the dropped ones are zeros at their original
+    positions. ``dual_stream`` ranks by the attention averaged over both streams and drops the same tokens from both
+    (the fusion blocks and the final average stay position-aligned); ``prompt`` drops them from the X tokens too.
 
     Modules whose parameters are all frozen (``box_head``, ``backbone``) are kept in eval mode by :meth:`train`, so
     a frozen head's BatchNorm statistics do not drift.
@@ -527,34 +637,73 @@ class OSTrackRGBX(nn.Module):
         if template.shape[0] != search.shape[0]:
             raise ValueError(f"template and search batch sizes differ: {template.shape[0]} vs {search.shape[0]}")
 
+    def _ce_rows(self) -> slice:
+        """Template token rows whose attention ranks the search tokens (see ``ce_template_range``)."""
+        cfg = self.config
+        f = cfg.template_feat_size
+        if cfg.ce_template_range == "all":
+            return slice(0, f * f)
+        centre = (f - 1) // 2 * (f + 1)  # row and column (f - 1) // 2
+        return slice(centre, centre + 1)
+
+    def _apply_block(
+        self,
+        i: int,
+        blocks: list[Block],
+        streams: list[torch.Tensor],
+        kept: torch.Tensor | None,
+        carried: list[torch.Tensor],
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None, list[torch.Tensor]]:
+        """Block ``i`` of every stream; at a CE block, the search tokens that the template centre attends to least
+        (attention averaged over the streams) are dropped from every stream and from ``carried`` token tensors."""
+        cfg = self.config
+        if kept is None or i not in cfg.ce_locations:
+            return [blk(t) for blk, t in zip(blocks, streams)], kept, carried
+        rows = self._ce_rows()
+        n_z = cfg.template_feat_size**2
+        halves = [_attention_residual(blk, t, rows) for blk, t in zip(blocks, streams)]
+        score = torch.stack([w[:, n_z:] for _, w in halves]).mean(dim=0)
+        ratio = cfg.ce_keep_ratio[cfg.ce_locations.index(i)]
+        tensors, kept = _eliminate([t for t, _ in halves] + carried, score, kept, n_z, ratio)
+        n = len(streams)
+        return [_mlp_residual(blk, t) for blk, t in zip(blocks, tensors[:n])], kept, tensors[n:]
+
     def forward_features(self, template: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
-        """Normalized joint tokens (B, Nz + Nx, D); template tokens first."""
+        """Normalized joint tokens (B, Nz + Nx, D); template tokens first.
+
+        With candidate elimination (``config.ce_locations``) the eliminated search tokens are zero.
+        """
         self._check_inputs(template, search)
-        mode = self.config.mode
+        cfg = self.config
         bb = self.backbone
-        if mode == "rgb":
-            return bb(template[:, :3], search[:, :3])
-        if mode == "dual_stream":
-            t_rgb = bb.embed(template[:, :3], search[:, :3])
+        n_s = cfg.search_feat_size**2
+        kept = None
+        if cfg.ce_locations:
+            kept = torch.arange(n_s, device=search.device).expand(search.shape[0], n_s)
+        tokens = bb.embed(template[:, :3], search[:, :3])
+        if cfg.mode == "rgb":
+            for i, blk in enumerate(bb.blocks):
+                (tokens,), kept, _ = self._apply_block(i, [blk], [tokens], kept, [])
+            return _restore_search(bb.norm(tokens), kept, n_s)
+        if cfg.mode == "dual_stream":
             t_x = self.backbone_x.embed(template[:, 3:], search[:, 3:])
-            n = t_rgb.shape[1]
             for i, (blk_rgb, blk_x) in enumerate(zip(bb.blocks, self.backbone_x.blocks)):
-                t_rgb, t_x = blk_rgb(t_rgb), blk_x(t_x)
+                (tokens, t_x), kept, _ = self._apply_block(i, [blk_rgb, blk_x], [tokens, t_x], kept, [])
                 key = str(i)
                 if key in self.fusion:
-                    joint = self.fusion[key](torch.cat([t_rgb, t_x], dim=1))
-                    t_rgb, t_x = joint[:, :n], joint[:, n:]
-            return (bb.norm(t_rgb) + self.backbone_x.norm(t_x)) / 2
-        # prompt
-        tokens = bb.embed(template[:, :3], search[:, :3])
+                    n = tokens.shape[1]
+                    joint = self.fusion[key](torch.cat([tokens, t_x], dim=1))
+                    tokens, t_x = joint[:, :n], joint[:, n:]
+            return _restore_search((bb.norm(tokens) + self.backbone_x.norm(t_x)) / 2, kept, n_s)
+        # prompt: the X tokens p follow the RGB tokens through elimination
         pe = self.prompt.patch_embed
         x_tokens = torch.cat([pe(template[:, 3:]) + bb.pos_embed_z, pe(search[:, 3:]) + bb.pos_embed_x], dim=1)
         for i, blk in enumerate(bb.blocks):
             key = str(i)
             if key in self.prompt.blocks:
                 tokens = tokens + self.prompt.blocks[key](tokens, x_tokens)
-            tokens = blk(tokens)
-        return bb.norm(tokens)
+            (tokens,), kept, (x_tokens,) = self._apply_block(i, [blk], [tokens], kept, [x_tokens])
+        return _restore_search(bb.norm(tokens), kept, n_s)
 
     def forward(
         self,
