@@ -116,6 +116,18 @@ def test_output_shapes_default_sizes(mode):
     torch.testing.assert_close(out.pred_boxes, decode_center_maps(out.score_map, out.size_map, out.offset_map))
 
 
+@pytest.mark.parametrize("bias, expected", [(40.0, 1 - 1e-4), (-40.0, 1e-4)])
+def test_score_map_is_sigmoid_clamped_as_ostrack(rgb_model, bias, expected):
+    """OSTrack's CENTER head: sigmoid, then clamp to [1e-4, 1 - 1e-4] (a saturated logit hits the bound exactly)."""
+    head = rgb_model.box_head
+    original = head.conv5_ctr.bias.detach().clone()
+    with torch.no_grad():
+        head.conv5_ctr.bias.fill_(bias)
+        score = head(torch.randn(1, rgb_model.config.embed_dim, 4, 4))[0]
+        head.conv5_ctr.bias.copy_(original)
+    torch.testing.assert_close(score, torch.full_like(score, expected))
+
+
 def test_rgb_mode_uses_first_three_of_six_channels(rgb_model):
     z, x = inputs()
     with torch.no_grad():
