@@ -1,4 +1,4 @@
-"""Load RGB OSTrack/DropTrack checkpoints (weights-only) and save/load our trackers as safetensors.
+"""Load RGB OSTrack/DropTrack checkpoints (weights-only, trainer files included) and save/load our trackers as safetensors.
 
 Example:
     >>> import tempfile
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,10 @@ from .model import OSTrackRGBX, TrackerConfig
 
 __all__ = [
     "CheckpointFormatError",
+    "InertObject",
     "LoadReport",
     "load_rgb_checkpoint",
+    "load_trainer_checkpoint",
     "load_tracker",
     "read_weights_only",
     "save_tracker",
@@ -74,23 +77,111 @@ class LoadReport:
         )
 
 
-def read_weights_only(path: str | Path) -> dict[str, torch.Tensor]:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` and return the tensor dict.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_PICKLED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_EXPORT_RECIPE = (
+    "export the weights from the code that trained the model, without unpickling this file: "
+    "safetensors.torch.save_file(net.state_dict(), 'model.safetensors'), then load that .safetensors file"
+)
 
-    Takes the ``"net"`` entry (OSTrack), else ``"model"``/``"state_dict"``, else the object itself; strips a
-    ``module.`` (DDP) prefix. Never unpickles arbitrary objects.
+
+class InertObject:
+    """Stand-in for a class or function pickled in a trainer checkpoint: it records the arguments and state the
+    pickle gives it and runs nothing (the original class is never imported). ``pickled_global`` is its name."""
+
+    pickled_global = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<inert {self.pickled_global}>"
+
+
+def _inert_stand_ins(path: Path) -> list[tuple[type, str]]:
+    """One :class:`InertObject` subclass per global the file pickles beyond torch's weights-only allowlist.
+
+    The scan disassembles the pickle statically (no code runs); legacy (non-zip) files get no stand-ins.
+    """
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except (ValueError, RuntimeError):
+        return []
+    return [(type(n.rsplit(".", 1)[-1], (InertObject,), {"pickled_global": n}), n) for n in names]
+
+
+def _type_name(value: Any) -> str:
+    """Type of a loaded value; for a stand-in, the name of the global it replaced."""
+    return value.pickled_global if isinstance(value, InertObject) else type(value).__name__
+
+
+def _torch_error_summary(err: Exception) -> str:
+    """The informative line of a ``torch.load`` error, ANSI codes removed."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(err)).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if "WeightsUnpickler error" in ln or "GLOBAL" in ln), lines[0] if lines else "")
+    return f"{type(err).__name__}: {detail.split(' Please use')[0]}"  # without torch's advice to allowlist
+
+
+def load_trainer_checkpoint(path: str | Path) -> tuple[Any, list[str]]:
+    """Load a ``torch.save`` file written by a trainer (OSTrack/DropTrack ``settings`` objects, numpy scalars, ...)
+    with ``weights_only=True`` and without running any pickled code.
+
+    Every class or function the file pickles beyond torch's allowlist is replaced by an :class:`InertObject`
+    (its original code is never imported or called); tensors and plain containers load as usual. Returns
+    ``(object, names of the globals that were stood in for)``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = Path(d) / "ck.pth"
+        ...     torch.save({"net": {"w": torch.ones(1)}, "epoch": 3}, p)
+        ...     obj, stand_ins = load_trainer_checkpoint(p)
+        >>> obj["epoch"], stand_ins
+        (3, [])
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    stand_ins = _inert_stand_ins(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError, ... all mean "not a plain weights file"
+        with torch.serialization.safe_globals(stand_ins):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError, ... all mean "not loadable without running code"
+        names = sorted(set(_PICKLED_GLOBAL.findall(_ANSI.sub("", str(err)))))
+        named = (
+            f" It references {names}, which were not stood in for (a module torch always blocks, or a legacy non-zip "
+            "file whose globals cannot be listed without unpickling)."
+            if names
+            else ""
+        )
         raise CheckpointFormatError(
-            f"could not load {path} with torch.load(weights_only=True): it must be a weights-only checkpoint "
-            f"(tensors in plain dicts/lists; no custom classes). Re-save it as {{'net': model.state_dict()}}. "
-            f"Cause: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            f"could not load {path} with torch.load(weights_only=True).{named} To use it, {_EXPORT_RECIPE}. "
+            f"Cause: {_torch_error_summary(err)}"
         ) from err
+    return obj, [name for _, name in stand_ins]
+
+
+def read_weights_only(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensor state dict of a checkpoint, read without running pickled code.
+
+    ``.safetensors`` files are read with safetensors; other files with :func:`load_trainer_checkpoint` (so trainer
+    files with pickled ``settings`` objects load, their classes stood in for by inert objects). Takes the ``"net"``
+    entry (OSTrack), else ``"model"``/``"state_dict"``, else the object itself; strips a ``module.`` (DDP) prefix.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        obj: Any = load_file(str(path))
+        stand_ins: list[str] = []
+    else:
+        obj, stand_ins = load_trainer_checkpoint(path)
+    if stand_ins:
+        logger.info("%s: ignored pickled objects of %s (loaded as inert stand-ins)", path, stand_ins)
     state: Any = obj
     if isinstance(obj, Mapping):
         for key in ("net", "model", "state_dict"):
@@ -98,10 +189,15 @@ def read_weights_only(path: str | Path) -> dict[str, torch.Tensor]:
                 state = obj[key]
                 break
     if not isinstance(state, Mapping) or not state:
-        raise CheckpointFormatError(f"{path} does not contain a state dict (a non-empty mapping of tensors)")
+        raise CheckpointFormatError(
+            f"{path} does not contain a state dict (a non-empty mapping of tensors); found {type(state).__name__}"
+        )
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointFormatError(f"{path}: state dict entries are not tensors: {bad[:5]}")
+        kinds = sorted({_type_name(state[k]) for k in bad})
+        raise CheckpointFormatError(
+            f"{path}: state dict entries are not tensors: {bad[:5]} (types {kinds}); {_EXPORT_RECIPE}"
+        )
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from srft_peft.tracking import (
-    CheckpointFormatError,
     OSTrackRGBX,
     TrackerConfig,
     TrackerOutput,
@@ -387,18 +386,19 @@ def test_load_reports_unexpected_mismatched_and_missing(rgb_model, tmp_path):
     assert torch.equal(fresh.box_head.conv5_ctr.weight, before["box_head.conv5_ctr.weight"])
 
 
-class NotATensor:
+class TrainerSettings:
     def __init__(self) -> None:
         self.payload = "arbitrary object"
 
 
-def test_pickled_custom_class_is_refused_with_clear_error(rgb_model, tmp_path):
-    path = tmp_path / "unsafe.pth.tar"
-    torch.save({"net": rgb_model.state_dict(), "settings": NotATensor()}, path)
-    with pytest.raises(CheckpointFormatError, match="weights-only") as info:
-        load_rgb_checkpoint(OSTrackRGBX(tiny_cfg()), path)
-    assert "unsafe.pth.tar" in str(info.value)
-    with pytest.raises(FileNotFoundError):
+def test_trainer_file_with_pickled_settings_loads(rgb_model, tmp_path):
+    """OSTrack's trainer pickles a settings object next to 'net': the weights load, the object stays inert."""
+    path = tmp_path / "OSTrack_ep0300.pth.tar"
+    torch.save({"net": rgb_model.state_dict(), "settings": TrainerSettings(), "epoch": 300}, path)
+    fresh = OSTrackRGBX(tiny_cfg())
+    assert load_rgb_checkpoint(fresh, path).ok
+    assert state_equal(fresh.state_dict(), rgb_model.state_dict())
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
         load_rgb_checkpoint(OSTrackRGBX(tiny_cfg()), tmp_path / "absent.pth")
 
 
