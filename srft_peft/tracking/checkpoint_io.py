@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -104,10 +105,14 @@ class InertObject:
 def _inert_stand_ins(path: Path) -> list[tuple[type, str]]:
     """One :class:`InertObject` subclass per global the file pickles beyond torch's weights-only allowlist.
 
-    The scan disassembles the pickle statically (no code runs); legacy (non-zip) files get no stand-ins.
+    The scan disassembles the pickle statically (no code runs); legacy (non-zip) files, and torch < 2.6 (no scan),
+    get no stand-ins.
     """
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if scan is None:
+        return []
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        names = scan(str(path))
     except (ValueError, RuntimeError):
         return []
     return [(type(n.rsplit(".", 1)[-1], (InertObject,), {"pickled_global": n}), n) for n in names]
@@ -148,7 +153,7 @@ def load_trainer_checkpoint(path: str | Path) -> tuple[Any, list[str]]:
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     stand_ins = _inert_stand_ins(path)
     try:
-        with torch.serialization.safe_globals(stand_ins):
+        with torch.serialization.safe_globals(stand_ins) if stand_ins else contextlib.nullcontext():
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError, ... all mean "not loadable without running code"
         names = sorted(set(_PICKLED_GLOBAL.findall(_ANSI.sub("", str(err)))))

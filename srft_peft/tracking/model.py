@@ -425,7 +425,10 @@ def _attention_residual(block: Block, x: torch.Tensor, rows: slice) -> tuple[tor
     q, k = attn.q_norm(q), attn.k_norm(k)
     dropout = attn.attn_drop.p if attn.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, n, -1))))
+    out = out.transpose(1, 2).reshape(b, n, -1)
+    if getattr(attn, "norm", None) is not None:  # timm >= 1.0 (identity unless the block uses it)
+        out = attn.norm(out)
+    out = attn.proj_drop(attn.proj(out))
     weights = torch.softmax((q[:, :, rows] * attn.scale) @ k.transpose(-2, -1), dim=-1)  # (B, H, rows, N)
     return x + block.drop_path1(block.ls1(out)), weights.mean(dim=(1, 2))
 

@@ -164,6 +164,15 @@ def test_eliminated_tokens_are_zero_before_the_head(ce_model):
     assert _zero_positions(ce_model, *_inputs()).sum(dim=1).tolist() == [16 - 6, 16 - 6]
 
 
+def test_ostrack_sizes_keep_180_126_89_search_tokens():
+    """256 px search (256 tokens), three CE blocks at 0.7: ceil arithmetic as OSTrack's (180, 126, 89 kept)."""
+    torch.manual_seed(0)
+    cfg = TrackerConfig(variant="tiny", ce_locations=(0, 1, 2), ce_keep_ratio=(0.7, 0.7, 0.7))  # 128 / 256 px
+    model = OSTrackRGBX(cfg).eval()
+    z, x = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256)
+    assert _zero_positions(model, z, x).sum().item() == 256 - 89
+
+
 def test_batch_rows_are_independent(ce_model):
     z, x = _inputs(batch=3)
     with torch.no_grad():
