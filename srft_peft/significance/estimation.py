@@ -161,7 +161,7 @@ def _sum_sq_per_example_outer(g: torch.Tensor, a: torch.Tensor, groups: int = 1,
     total = torch.zeros(groups, m // groups, n // groups, dtype=torch.float64, device=g.device)
     for start in range(0, E, step):
         per_example = torch.einsum("etgm,etgn->egmn", gg[start:start + step], aa[start:start + step])
-        total += per_example.double().pow(2).sum(0)
+        total += per_example.pow_(2).sum(0)  # the sum over a chunk in float32, the running total in float64
     return total.reshape(m, n // groups)
 
 
@@ -216,6 +216,36 @@ def _per_example_broadcast_grad(grad_out: torch.Tensor, shape: torch.Size, batch
     return summed.reshape(batch_size, *shape)
 
 
+def _gradients(objective: torch.Tensor, outputs: list[torch.Tensor], others: list[Target],
+               others_by_id: dict[int, Target]) -> tuple[tuple, dict[str, list[torch.Tensor]]]:
+    """dObjective/d(outputs) and dObjective/d(others), and for each of ``others`` that only batch broadcasts consume,
+    the output gradients of those nodes (read by node pre-hooks during the same backward)."""
+    captured: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    try:
+        for name, nodes in (_broadcast_uses(objective.grad_fn, others_by_id) if others else {}).items():
+            if nodes and all(_is_batch_broadcast(n) for n in nodes):
+                captured[name] = []
+                handles += [n.register_prehook(lambda go, out=captured[name]: out.append(go[0])) for n in nodes]
+        inputs = outputs + [t.param for t in others]
+        grads = torch.autograd.grad(objective, inputs, allow_unused=True) if inputs else ()
+    finally:
+        for h in handles:
+            h.remove()
+    return grads, captured
+
+
+def _sum_sq_of_broadcast_param(t: Target, batch_grad: torch.Tensor, grad_outs: list[torch.Tensor],
+                               batch_size: int) -> tuple[torch.Tensor, bool]:
+    """(sum over the batch's examples of (d l_n / d theta)^2 in float64, whether it is exact): exact from the output
+    gradients of the broadcast nodes, summed over uses; else B^2 (dL/dtheta)^2, i.e. the per-batch estimate
+    B (dL/dtheta)^2 weighted by the B examples it stands for."""
+    per_use = [_per_example_broadcast_grad(go.float(), t.param.shape, batch_size) for go in grad_outs]
+    if per_use and all(p is not None for p in per_use):
+        return (torch.stack(per_use).sum(0) * batch_size).double().pow(2).sum(0), True
+    return (batch_grad.double() * batch_size).pow(2), False
+
+
 def _check_objective(objective: Any, index: int) -> None:
     """A finite scalar tensor that depends on the model, or an error naming batch ``index``."""
     if not isinstance(objective, torch.Tensor) or not objective.is_floating_point():
@@ -233,12 +263,14 @@ def _check_objective(objective: Any, index: int) -> None:
                          "gradient); the loss_fn must compute it from model(...) without torch.no_grad/detach")
 
 
-def _check_finite(tensors: Iterable[torch.Tensor], index: int) -> None:
-    """One check (one host sync) that every recorded activation and gradient of batch ``index`` is finite."""
-    flags = [torch.isfinite(t).all() for t in tensors if t is not None]
-    if flags and not bool(torch.stack(flags).all()):
-        raise ValueError(f"calibration batch {index} gives non-finite layer inputs or gradients (NaN/inf) although its "
-                         "objective is finite: check that batch for NaN/inf values; nothing was set")
+def _check_finite(sums: dict[str, torch.Tensor], index: int) -> None:
+    """One check (one host sync) that the running sums are still finite after batch ``index``; they only grow, so the
+    first batch that fails is the one that brought a NaN/inf in. A plain sum per tensor: NaN/inf propagate into it."""
+    flags = torch.stack([t.sum().isfinite() for t in sums.values()]) if sums else None
+    if flags is not None and not bool(flags.all()):
+        bad = [name for name, ok in zip(sums, flags.tolist()) if not ok]
+        raise ValueError(f"calibration batch {index} makes the statistics of {bad[:3]} non-finite (NaN/inf in its "
+                         "layer inputs or gradients): check that batch for NaN/inf values; nothing was set")
 
 
 @torch.no_grad()
@@ -287,7 +319,7 @@ def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iter
 
     The number of examples of a batch is its input batch size (:func:`_batch_size`), never a module's leading
     dimension. The model runs in eval mode (no dropout) and is put back in its previous mode afterwards. A batch whose
-    objective, layer inputs or gradients are not finite raises ``ValueError`` naming its index.
+    objective is not a finite scalar, or that makes a statistic non-finite, raises ``ValueError`` naming its index.
     """
     factor_dtype = getattr(torch, config.factor_dtype)
     kfac_modules = {id(t.module): t for t in targets if t.kind == "kfac"}
@@ -316,25 +348,10 @@ def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iter
                 break
             B = _batch_size(batch, batches)
             records.clear()
-            captured: dict[str, list[torch.Tensor]] = {t.name: [] for t in others}
-            node_handles = []
-            try:
-                with torch.enable_grad():
-                    objective, objective_name = calibration_objective(model, batch, config, loss_fn)
-                    _check_objective(objective, batches)
-                    uses = _broadcast_uses(objective.grad_fn, others_by_id) if others else {}
-                    for name, nodes in uses.items():
-                        if nodes and all(_is_batch_broadcast(n) for n in nodes):
-                            node_handles += [n.register_prehook(lambda go, out=captured[name]: out.append(go[0]))
-                                             for n in nodes]
-                        else:
-                            captured.pop(name)
-                    inputs = [y for _, _, y in records] + [t.param for t in others]
-                    grads = torch.autograd.grad(objective, inputs, allow_unused=True) if inputs else []
-            finally:
-                for h in node_handles:
-                    h.remove()
-            _check_finite([a for _, a, _ in records] + list(grads), batches)
+            with torch.enable_grad():
+                objective, objective_name = calibration_objective(model, batch, config, loss_fn)
+                _check_objective(objective, batches)
+                grads, captured = _gradients(objective, [y for _, _, y in records], others, others_by_id)
             calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for (module, a, _), g in zip(records, grads[:len(records)]):
                 if g is not None:
@@ -349,15 +366,14 @@ def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iter
                         if not grouped:
                             per_batch_names.add(t.name)
             for t, g in zip(others, grads[len(records):]):
-                if g is None:
-                    continue
-                per_use = [_per_example_broadcast_grad(go.float(), t.param.shape, B) for go in captured.get(t.name, [])]
-                if per_use and all(p is not None for p in per_use):
-                    fisher_sums[t.name] += (torch.stack(per_use).sum(0) * B).double().pow(2).sum(0)
-                else:  # B * (batch gradient)^2, weighted by the B examples it stands for
-                    fisher_sums[t.name] += (g.double() * B).pow(2)
-                    per_batch_names.add(t.name)
+                if g is not None:
+                    total, exact = _sum_sq_of_broadcast_param(t, g, captured.get(t.name, []), B)
+                    fisher_sums[t.name] += total
+                    if not exact:
+                        per_batch_names.add(t.name)
             records.clear()
+            _check_finite({**fisher_sums, **{f"{kfac_modules[k].name} (A, S)": acc.A.sum() + acc.S.sum()
+                                             for k, acc in accumulators.items() if acc.A is not None}}, batches)
             examples += B
             batches += 1
     finally:
@@ -372,7 +388,9 @@ def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iter
     # one all-reduce of every sum: several processes give the single-process result over the union of their shards
     device = targets[0].param.device
     counts = torch.tensor([examples, batches], dtype=torch.float64, device=device)
-    sums = [counts] + list(fisher_sums.values())
+    fell_back = torch.tensor([float(name in per_batch_names) for name in fisher_sums], dtype=torch.float64,
+                             device=device)  # a per-batch fallback on any process marks the entry
+    sums = [counts, fell_back] + list(fisher_sums.values())
     for key, acc in accumulators.items():
         if acc.A is None:  # a module some rank never called still takes part in the reduction
             m, n = kfac_modules[key].matrix_shape
@@ -395,7 +413,7 @@ def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iter
     bad += [name for name, f in fisher.items() if not torch.isfinite(f).all()]
     if bad:
         raise ValueError(f"the calibration statistics of {bad[:5]} are not finite (overflow); nothing was set")
-    sources = {name: ("per_batch" if name in per_batch_names else "per_example") for name in fisher_sums}
+    sources = {name: ("per_batch" if flag > 0 else "per_example") for name, flag in zip(fisher_sums, fell_back.tolist())}
     return CalibrationStatistics(factors, fisher, sources, examples, batches, objective_name)
 
 
