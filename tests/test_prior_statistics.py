@@ -307,3 +307,29 @@ def test_non_finite_significance_is_rejected_before_normalizing():
         prior.normalize()
     assert not prior.normalized and prior.normalizer == 1.0
     assert good.fisher.tolist() == [1.0, 2.0] and good.fisher.dtype == torch.float64
+
+
+def test_tracker_shared_patch_embed_and_pos_embeds_match_per_example_gradients():
+    """The tracker runs ``patch_embed`` on template and search and adds ``pos_embed_z``/``pos_embed_x``: the Fisher of
+    each is the mean over examples of the squared per-example gradient (summed over both uses for the patch embed)."""
+    from srft_peft.tracking import OSTrackRGBX, TrackerConfig
+
+    torch.manual_seed(0)
+    model = OSTrackRGBX(TrackerConfig(variant="tiny", template_size=32, search_size=64)).eval()
+    g = torch.Generator().manual_seed(9)
+    batch = {"template": torch.randn(3, 3, 32, 32, generator=g), "search": torch.randn(3, 3, 64, 64, generator=g)}
+
+    def objective(m, b):
+        return 0.5 * m(b["template"], b["search"]).pred_boxes.pow(2).sum(1).mean()
+
+    names = ["backbone.patch_embed.proj.bias", "backbone.patch_embed.proj.weight", "backbone.pos_embed_z",
+             "backbone.pos_embed_x"]
+    cfg = SRFTConfig(target_modules=names, prior_estimator="diagonal")
+    stats = collect_statistics(model, select_targets(model, names, None, "diagonal"), [batch], cfg, loss_fn=objective,
+                               progress=False)
+    params = dict(model.named_parameters())
+    for name in names:
+        one = [{k: v[n:n + 1] for k, v in batch.items()} for n in range(3)]
+        ref = sum(torch.autograd.grad(objective(model, b), params[name])[0].double().pow(2) for b in one) / 3
+        assert stats.sources[name] == "per_example"
+        torch.testing.assert_close(stats.fisher[name], ref, rtol=1e-5, atol=1e-14)
