@@ -112,8 +112,8 @@ class PriorSignificance:
     normalized: bool = False
 
     def normalize(self) -> PriorSignificance:
-        """Divide all significances by c = the mean retained K-FAC curvature (the mean diagonal Fisher without any), in
-        float64, and store them as float32.
+        """Divide all significances by c = the mean retained K-FAC curvature (the mean diagonal Fisher without any; 1 when
+        they are all zero), in float64, and store them as float32.
 
         Raises ``ValueError`` naming the entry when a significance is not finite (nothing is changed then).
         """
