@@ -183,7 +183,7 @@ _BROADCAST_NODES = ("AddBackward0", "ExpandBackward0")
 def _broadcast_uses(root: Any, wanted: dict[int, Target]) -> dict[str, list[Any]]:
     """For each parameter in ``wanted`` (by id), the autograd nodes of the graph under ``root`` that consume it."""
     uses: dict[str, list[Any]] = {t.name: [] for t in wanted.values()}
-    seen, stack = set(), [root]
+    seen, stack = set(), [root] if root is not None else []
     while stack:
         node = stack.pop()
         for nxt, _ in node.next_functions:

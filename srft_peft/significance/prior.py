@@ -52,8 +52,7 @@ class KFACSignificance:
     @classmethod
     def from_factors(cls, name: str, A: torch.Tensor, S: torch.Tensor, rank: Optional[int], energy: Optional[float],
                      damping: float = 0.0, dtype: torch.dtype = torch.float32) -> KFACSignificance:
-        """Eigendecompose A (n x n) and S (m x m) in float64 and keep the steepest directions; U and V in ``dtype``,
-        the raw omega in float64 (see :meth:`PriorSignificance.normalize`)."""
+        """Eigendecompose A (n x n) and S (m x m) in float64 and keep the steepest directions."""
         alpha, QA = torch.linalg.eigh(A.double())
         sigma, QS = torch.linalg.eigh(S.double())
         alpha, QA = alpha.flip(0).clamp_min(0), QA.flip(1)
