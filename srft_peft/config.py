@@ -146,8 +146,8 @@ class SRFTConfig:
     sparsity_gamma: float = field(
         default=0.0,
         metadata={
-            "help": "Exponent of the per-tensor gradient-sparsity modulation: r is multiplied by Hoyer(sqrt(v))^gamma "
-            "(0 = off)."
+            "help": "Exponent of the per-tensor gradient-sparsity modulation: r is multiplied by Hoyer(sqrt(v))^gamma, "
+            "i.e. r = min(s / spikiness_max, 1) * H^gamma ('value') or rank(s) * H^gamma ('rank'), in [0, 1] (0 = off)."
         },
     )
 

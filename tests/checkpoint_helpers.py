@@ -15,7 +15,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 class Tiny(nn.Module):
-    """Linear (K-FAC), LayerNorm and biases (per-example diagonal), a free parameter (per-batch diagonal), a head."""
+    """Linear (K-FAC), LayerNorm and biases (per-example diagonal), a free added parameter (per-example too), a head."""
 
     def __init__(self, width: int = 8) -> None:
         super().__init__()

@@ -82,7 +82,7 @@ def test_the_stored_tensors_and_json(tmp_path: Path) -> None:
     assert meta["calibration"] == {"num_examples": 16, "num_batches": 2, "objective": "output_norm"}
     assert meta["entries"]["fc1.weight"] == {"kind": "kfac", "shape": [8, 6], "rank": [3, 3],
                                              "retained_energy": src.prior.entries["fc1.weight"].retained_energy}
-    assert meta["entries"]["pos"] == {"kind": "diagonal", "shape": [8], "source": "per_batch"}
+    assert meta["entries"]["pos"] == {"kind": "diagonal", "shape": [8], "source": "per_example"}
     assert meta["entries"]["norm.weight"]["source"] == "per_example"
     assert "head.weight" not in meta["entries"]
     assert meta["transfer_state"] == {"has_v": True, "statistics": "own"}

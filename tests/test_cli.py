@@ -36,7 +36,7 @@ def test_inspect_prints_header_and_table(saved: Path, capsys: pytest.CaptureFixt
     rows = {line.split()[0]: line.split() for line in out.splitlines()[-7:]}
     assert rows["fc1.weight"][1:4] == ["kfac", "3x3", rows["fc1.weight"][3]]
     assert rows["fc1.weight"][-2:] == ["48", "kfac"]
-    assert rows["pos"][1] == "diagonal" and rows["pos"][-1] == "per_batch"
+    assert rows["pos"][1] == "diagonal" and rows["pos"][-1] == "per_example"
     assert rows["norm.bias"][-2:] == ["8", "per_example"]
 
 

@@ -1,9 +1,10 @@
 """The transfer term: damp spiky updates after each optimizer step.
 
 v is an EMA of the squared gradient (or Adam's ``exp_avg_sq``). Spikiness s = v / mean(v) per tensor; the element
-factor r is ``clamp(s / spikiness_max, 0, 1)`` ('value') or the normalized rank of s in its tensor ('rank'); optionally
-times Hoyer(sqrt(v))^gamma per tensor. Damping m = m_min + (m_max - m_min) r, applied as the proximal step
-theta <- theta - gamma(t) m (theta - theta_prev), i.e. ``lerp(theta, theta_prev, gamma * m)``.
+factor r is ``clamp(s / spikiness_max, 0, 1)`` ('value') or the normalized rank of s in its tensor ('rank'); in both
+modes optionally times Hoyer(sqrt(v))^gamma per tensor (``sparsity_gamma``), so r stays in [0, 1]. Damping
+m = m_min + (m_max - m_min) r, applied as the proximal step theta <- theta - gamma(t) m (theta - theta_prev), i.e.
+``lerp(theta, theta_prev, gamma * m)``.
 
 Example:
     >>> import torch
@@ -111,18 +112,19 @@ class TransferTerm:
                 torch._foreach_add_(out, cfg.damping_min)
             torch._foreach_mul_(out, gamma)
             return
+        h = hoyer_sparsity(v, out).pow(cfg.sparsity_gamma) if cfg.sparsity_gamma > 0 else None  # out: scratch
         sums = nonnegative_sums(v).float()
         key = tuple(index)
         if key not in self._numel_cache:
             self._numel_cache = {key: torch.tensor([float(self._numels[i]) for i in index], device=sums.device)}
         scale = self._numel_cache[key] / (sums * cfg.spikiness_max).clamp_min(1e-30)
-        if cfg.sparsity_gamma > 0:
-            scale = scale * hoyer_sparsity(v, out).pow(cfg.sparsity_gamma)
-        # gamma * m = gamma * m_min + min(v * scale * gamma * (m_max - m_min), gamma * (m_max - m_min))
+        # gamma * m = gamma * m_min + min(v * scale * spread, spread) * H^gamma, spread = gamma * (m_max - m_min)
         spread = gamma * (cfg.damping_max - cfg.damping_min)
         torch._foreach_copy_(out, list(v))
         torch._foreach_mul_(out, list((scale * spread).to(out[0].dtype).unbind(0)))
         torch._foreach_clamp_max_(out, spread)
+        if h is not None:
+            torch._foreach_mul_(out, list(h.to(out[0].dtype).unbind(0)))
         torch._foreach_add_(out, gamma * cfg.damping_min)
 
     @torch.no_grad()

@@ -1,15 +1,21 @@
 """Measuring prior significance at the pretrained weights on calibration (pretraining-domain) batches.
 
-One forward pass per batch records the inputs ``a`` and outputs ``y`` of the hooked layers; one
-``torch.autograd.grad`` call returns dObjective/dy for all of them (model ``.grad`` fields are never touched). From these:
+One forward pass per batch records the inputs ``a`` and outputs ``y`` of every call of the hooked layers; one
+``torch.autograd.grad`` call returns dObjective/dy for all of them (model ``.grad`` fields are never touched). The
+objective is a batch mean over the B examples of the model's input batch, so ``g = B * dObjective/dy`` is the
+per-example output gradient. Conventions (docs/concepts.md):
 
-* K-FAC factors per Linear/Conv2d weight, token-level ("expand", every token a sample):
-  ``A = sum a a^T / tokens`` and ``S = sum g g^T / examples`` with ``g`` the per-example gradient
-  (dObjective/dy times the batch size, the objective being a batch mean).
-* The diagonal empirical Fisher ``E_n[(dl_n/dtheta)^2]`` from exact per-example gradients for Linear/Conv2d biases (and
-  weights with ``prior_estimator="diagonal"``) and LayerNorm weights/biases; for every other parameter (positional
-  embeddings, tokens, custom layers) from the batch gradient: ``B * (dL/dtheta)^2`` per batch ("per_batch"), which
-  equals the Fisher diagonal when per-example gradients are uncorrelated with mean zero.
+* Examples are counted from the model's input batch, never from a module's (possibly folded) leading dimension.
+* A parameter used several times in one forward (a shared patch embedding, tied weights) has one per-example
+  gradient: the sum over its uses.
+* K-FAC factors per Linear/Conv2d weight, token-level ("expand", every token row of every call a sample):
+  ``A = sum a a^T / rows`` and ``S = sum g g^T / examples``.
+* The diagonal empirical Fisher ``E_n[(dl_n/dtheta)^2]`` from exact per-example gradients for Linear/Conv2d (grouped
+  too) weights and biases and LayerNorm weights/biases, and for parameters broadcast over the batch by an addition or
+  an ``expand`` (positional embeddings, class tokens); for every other parameter from the batch gradient,
+  ``B * (dL/dtheta)^2`` per batch, averaged over batches weighted by their size ("per_batch").
+* Statistics are accumulated in float64 (K-FAC factors in ``factor_dtype``); a non-finite objective, activation,
+  gradient or statistic raises ``ValueError`` naming the batch or the parameter.
 
 Under ``torch.distributed`` the sums are all-reduced once at the end, so several processes over disjoint shards give
 the same result as one process over their union.
@@ -89,16 +95,17 @@ def calibration_objective(model: nn.Module, batch: Any, config: SRFTConfig,
 
 
 class _Accumulator:
-    """Running K-FAC sums of one hooked module: sum a a^T, sum g g^T, and (tokens, examples) counts."""
+    """Running K-FAC sums of one hooked module over every token row of every call: sum a a^T, sum g g^T, and the
+    number of rows."""
 
     def __init__(self) -> None:
         self.A: Optional[torch.Tensor] = None
         self.S: Optional[torch.Tensor] = None
-        self.counts = torch.zeros(2, dtype=torch.float64)
+        self.rows = torch.zeros(1, dtype=torch.float64)
 
     def add(self, a_tok: torch.Tensor, g_tok: torch.Tensor, dtype: torch.dtype, stride: int = 1, offset: int = 0) -> None:
-        """Add one batch; with ``stride`` k > 1 only token rows offset, offset + k, ... enter the products, which are
-        scaled by (all rows / kept rows) so that the sums stay unbiased."""
+        """Add one call's rows; with ``stride`` k > 1 only token rows offset, offset + k, ... enter the products, which
+        are scaled by (all rows / kept rows) so that the sums stay unbiased."""
         a2, g2 = a_tok.reshape(-1, a_tok.shape[-1]), g_tok.reshape(-1, g_tok.shape[-1])
         rows = a2.shape[0]
         if stride > 1 and rows > 1:
@@ -110,31 +117,160 @@ class _Accumulator:
             A, S = A * scale, S * scale
         self.A = A if self.A is None else self.A + A
         self.S = S if self.S is None else self.S + S
-        self.counts = self.counts.to(A.device)
-        self.counts += torch.tensor([rows, a_tok.shape[0]], dtype=torch.float64, device=A.device)
+        self.rows = self.rows.to(A.device) + rows
 
 
 def _as_tokens(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example token matrices: a (B, T, n_in), g (B, T, n_out); a Conv2d is a Linear over unfolded patches."""
-    B = a.shape[0]
+    """Token matrices of one call: a (L, T, n_in), g (L, T, n_out) with L the call's leading dimension (the batch, or a
+    folded batch); a Conv2d is a Linear over unfolded patches, a LayerNorm's input is normalized."""
+    L = a.shape[0]
     if isinstance(module, nn.Conv2d):
         a = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride).transpose(1, 2)
         g = g.flatten(2).transpose(1, 2)
     elif isinstance(module, nn.LayerNorm):
         a = F.layer_norm(a, module.normalized_shape, None, None, module.eps)
-    return a.reshape(B, -1, a.shape[-1]), g.reshape(B, -1, g.shape[-1])
+    return a.reshape(L, -1, a.shape[-1]), g.reshape(L, -1, g.shape[-1])
 
 
-def _sum_sq_per_example_outer(g: torch.Tensor, a: torch.Tensor, chunk_elements: int = 1 << 25) -> torch.Tensor:
-    """sum_n (g_n^T a_n)^2 for g (B, T, m), a (B, T, n), chunked over examples to bound memory."""
-    B, _, m = g.shape
+def _per_example(calls: list[tuple[torch.Tensor, torch.Tensor]], batch_size: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """All calls' token rows grouped by example, (E, T_total, .) each for a and g, and whether E is the batch size.
+
+    A call whose leading dimension is a multiple k of the batch size is taken as k contiguous rows per example (a
+    batch-first layout, or a batch folded example-major such as windowed attention); the calls of one example are
+    concatenated, so an example's gradient is the sum over its uses. When some call's leading dimension is not a
+    multiple of the batch size the rows cannot be attributed: everything is one group (E = 1), the batch gradient.
+    """
+    grouped = all(a.shape[0] % batch_size == 0 for a, _ in calls)
+    E = batch_size if grouped else 1
+    a = [x.reshape(E, -1, x.shape[-1]) for x, _ in calls]
+    g = [x.reshape(E, -1, x.shape[-1]) for _, x in calls]
+    if len(calls) == 1:
+        return a[0], g[0], grouped
+    return torch.cat(a, 1), torch.cat(g, 1), grouped
+
+
+def _sum_sq_per_example_outer(g: torch.Tensor, a: torch.Tensor, groups: int = 1,
+                              chunk_elements: int = 1 << 25) -> torch.Tensor:
+    """sum_e (g_e^T a_e)^2 in float64 for g (E, T, m), a (E, T, n), block-diagonal over ``groups`` (a grouped Conv2d:
+    output block i sees input block i only), as (m, n / groups); chunked over examples to bound memory."""
+    E, T, m = g.shape
     n = a.shape[-1]
-    step = max(1, chunk_elements // max(m * n, 1))
-    total = torch.zeros(m, n, dtype=torch.float32, device=g.device)
-    for start in range(0, B, step):
-        per_example = torch.einsum("btm,btn->bmn", g[start:start + step], a[start:start + step])
-        total += per_example.pow(2).sum(0)
-    return total
+    gg, aa = g.reshape(E, T, groups, m // groups), a.reshape(E, T, groups, n // groups)
+    step = max(1, chunk_elements // max(m * n // groups, 1))
+    total = torch.zeros(groups, m // groups, n // groups, dtype=torch.float64, device=g.device)
+    for start in range(0, E, step):
+        per_example = torch.einsum("etgm,etgn->egmn", gg[start:start + step], aa[start:start + step])
+        total += per_example.pow_(2).sum(0)  # the sum over a chunk in float32, the running total in float64
+    return total.reshape(m, n // groups)
+
+
+def _sum_sq_of_layer_param(t: Target, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """sum_e (d l_e / d theta)^2 in float64 for a Linear/Conv2d/LayerNorm weight or bias, from its grouped token rows."""
+    local = t.name[len(t.module_name) + 1:] if t.module_name else t.name
+    if local == "bias":
+        return g.sum(1).double().pow(2).sum(0)
+    if isinstance(t.module, nn.LayerNorm):
+        return (g * a).sum(1).double().pow(2).sum(0).view_as(t.param)
+    return _sum_sq_per_example_outer(g, a, getattr(t.module, "groups", 1)).view_as(t.param)
+
+
+#: autograd nodes that only broadcast a parameter over the batch (``x + pos_embed``, ``cls_token.expand(B, ...)``):
+#: the per-example gradient of the parameter is the node's output gradient, summed over the broadcast dimensions.
+_BROADCAST_NODES = ("AddBackward0", "ExpandBackward0")
+
+
+def _broadcast_uses(root: Any, wanted: dict[int, Target]) -> dict[str, list[Any]]:
+    """For each parameter in ``wanted`` (by id), the autograd nodes of the graph under ``root`` that consume it."""
+    uses: dict[str, list[Any]] = {t.name: [] for t in wanted.values()}
+    seen, stack = set(), [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            variable = getattr(nxt, "variable", None)  # an AccumulateGrad node: a leaf
+            if variable is not None:
+                if id(variable) in wanted:
+                    uses[wanted[id(variable)].name].append(node)
+            elif nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return uses
+
+
+def _is_batch_broadcast(node: Any) -> bool:
+    return type(node).__name__ in _BROADCAST_NODES and getattr(node, "_saved_alpha", 1) == 1
+
+
+def _per_example_broadcast_grad(grad_out: torch.Tensor, shape: torch.Size, batch_size: int) -> Optional[torch.Tensor]:
+    """(B, *shape): the per-example gradient of a parameter of ``shape`` broadcast over a batch-first output whose
+    gradient is ``grad_out``; None when that output's leading dimension is not the batch or the shapes do not fit."""
+    if grad_out.dim() == 0 or grad_out.dim() < len(shape) or grad_out.shape[0] != batch_size:
+        return None
+    full = (1,) * (grad_out.dim() - len(shape)) + tuple(shape)
+    if full[0] != 1 or any(f not in (1, o) for f, o in zip(full[1:], grad_out.shape[1:])):
+        return None
+    dims = [i for i in range(1, grad_out.dim()) if full[i] == 1 and grad_out.shape[i] != 1]
+    summed = grad_out.sum(dims, keepdim=True) if dims else grad_out
+    return summed.reshape(batch_size, *shape)
+
+
+def _gradients(objective: torch.Tensor, outputs: list[torch.Tensor], others: list[Target],
+               others_by_id: dict[int, Target]) -> tuple[tuple, dict[str, list[torch.Tensor]]]:
+    """dObjective/d(outputs) and dObjective/d(others), and for each of ``others`` that only batch broadcasts consume,
+    the output gradients of those nodes (read by node pre-hooks during the same backward)."""
+    captured: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    try:
+        for name, nodes in (_broadcast_uses(objective.grad_fn, others_by_id) if others else {}).items():
+            if nodes and all(_is_batch_broadcast(n) for n in nodes):
+                captured[name] = []
+                handles += [n.register_prehook(lambda go, out=captured[name]: out.append(go[0])) for n in nodes]
+        inputs = outputs + [t.param for t in others]
+        grads = torch.autograd.grad(objective, inputs, allow_unused=True) if inputs else ()
+    finally:
+        for h in handles:
+            h.remove()
+    return grads, captured
+
+
+def _sum_sq_of_broadcast_param(t: Target, batch_grad: torch.Tensor, grad_outs: list[torch.Tensor],
+                               batch_size: int) -> tuple[torch.Tensor, bool]:
+    """(sum over the batch's examples of (d l_n / d theta)^2 in float64, whether it is exact): exact from the output
+    gradients of the broadcast nodes, summed over uses; else B^2 (dL/dtheta)^2, i.e. the per-batch estimate
+    B (dL/dtheta)^2 weighted by the B examples it stands for."""
+    per_use = [_per_example_broadcast_grad(go.float(), t.param.shape, batch_size) for go in grad_outs]
+    if per_use and all(p is not None for p in per_use):
+        return (torch.stack(per_use).sum(0) * batch_size).double().pow(2).sum(0), True
+    return (batch_grad.double() * batch_size).pow(2), False
+
+
+def _check_objective(objective: Any, index: int) -> None:
+    """A finite scalar tensor that depends on the model, or an error naming batch ``index``."""
+    if not isinstance(objective, torch.Tensor) or not objective.is_floating_point():
+        kind = type(objective).__name__ if not isinstance(objective, torch.Tensor) else f"tensor of {objective.dtype}"
+        raise TypeError(f"the calibration objective of batch {index} must be a floating-point scalar tensor, got "
+                        f"{kind} {objective!r:.60}")
+    if objective.dim() != 0:
+        raise ValueError(f"the calibration objective must be a scalar, got shape {tuple(objective.shape)} "
+                         f"(batch {index})")
+    if not torch.isfinite(objective):
+        raise ValueError(f"the calibration objective of batch {index} is {objective.item()} (not finite): check that "
+                         "batch for NaN/inf values and the loss; nothing was set")
+    if not objective.requires_grad:
+        raise ValueError(f"the calibration objective of batch {index} does not depend on any parameter (it has no "
+                         "gradient); the loss_fn must compute it from model(...) without torch.no_grad/detach")
+
+
+def _check_finite(sums: dict[str, torch.Tensor], index: int) -> None:
+    """One check (one host sync) that the running sums are still finite after batch ``index``; they only grow, so the
+    first batch that fails is the one that brought a NaN/inf in. A plain sum per tensor: NaN/inf propagate into it."""
+    flags = torch.stack([t.sum().isfinite() for t in sums.values()]) if sums else None
+    if flags is not None and not bool(flags.all()):
+        bad = [name for name, ok in zip(sums, flags.tolist()) if not ok]
+        raise ValueError(f"calibration batch {index} makes the statistics of {bad[:3]} non-finite (NaN/inf in its "
+                         "layer inputs or gradients): check that batch for NaN/inf values; nothing was set")
 
 
 @torch.no_grad()
@@ -149,11 +285,31 @@ class CalibrationStatistics:
     """Raw calibration sums turned into expectations: K-FAC factors per matrix, diagonal Fisher per other tensor."""
 
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (A, S)
-    fisher: dict[str, torch.Tensor]
+    fisher: dict[str, torch.Tensor]  # float64
     sources: dict[str, str]  # name -> "per_example" | "per_batch"
     num_examples: int
     num_batches: int
     objective: str
+
+
+def _split_diagonal_targets(targets: list[Target]) -> tuple[dict[int, list[Target]], list[Target]]:
+    """Diagonal targets whose per-example gradient comes from their layer's hooked rows (by id(module)), and the
+    others (positional embeddings, tokens, custom layers), whose per-example gradient comes from a broadcast node."""
+    per_layer: dict[int, list[Target]] = {}
+    others: list[Target] = []
+    for t in targets:
+        if t.kind != "diagonal":
+            continue
+        local = t.name[len(t.module_name) + 1:] if t.module_name else t.name
+        exact = isinstance(t.module, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and local in ("weight", "bias")
+        if isinstance(t.module, nn.Conv2d) and (not isinstance(t.module.padding, tuple)
+                                                or t.module.padding_mode != "zeros"):
+            exact = False
+        if exact:
+            per_layer.setdefault(id(t.module), []).append(t)
+        else:
+            others.append(t)
+    return per_layer, others
 
 
 def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iterable, config: SRFTConfig,
@@ -161,28 +317,19 @@ def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iter
                        progress: bool = True) -> CalibrationStatistics:
     """Run the calibration passes and return the K-FAC factors and diagonal Fisher of ``targets``.
 
-    The model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
+    The number of examples of a batch is its input batch size (:func:`_batch_size`), never a module's leading
+    dimension. The model runs in eval mode (no dropout) and is put back in its previous mode afterwards. A batch whose
+    objective is not a finite scalar, or that makes a statistic non-finite, raises ``ValueError`` naming its index.
     """
     factor_dtype = getattr(torch, config.factor_dtype)
     kfac_modules = {id(t.module): t for t in targets if t.kind == "kfac"}
-    per_example_diag: dict[int, list[Target]] = {}
-    per_batch: list[Target] = []
-    for t in targets:
-        if t.kind != "diagonal":
-            continue
-        local = t.name[len(t.module_name) + 1:] if t.module_name else t.name
-        exact = isinstance(t.module, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and local in ("weight", "bias")
-        if isinstance(t.module, nn.Conv2d) and not isinstance(t.module.padding, tuple):
-            exact = False
-        if exact:
-            per_example_diag.setdefault(id(t.module), []).append(t)
-        else:
-            per_batch.append(t)
-    hooked = {id(t.module): t.module for t in targets
-              if id(t.module) in kfac_modules or id(t.module) in per_example_diag}
+    per_layer, others = _split_diagonal_targets(targets)
+    others_by_id = {id(t.param): t for t in others}
+    hooked = {id(t.module): t.module for t in targets if id(t.module) in kfac_modules or id(t.module) in per_layer}
 
     accumulators = {key: _Accumulator() for key in kfac_modules}
-    fisher_sums = {t.name: torch.zeros_like(t.param, dtype=torch.float32) for t in targets if t.kind == "diagonal"}
+    fisher_sums = {t.name: torch.zeros_like(t.param, dtype=torch.float64) for t in targets if t.kind == "diagonal"}
+    per_batch_names: set[str] = set()
     records: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
 
     def forward_hook(module: nn.Module, args: tuple, output: Any) -> None:
@@ -199,37 +346,35 @@ def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iter
         for batch in iterator:
             if num_batches is not None and batches >= num_batches:
                 break
+            B = _batch_size(batch, batches)
             records.clear()
             with torch.enable_grad():
                 objective, objective_name = calibration_objective(model, batch, config, loss_fn)
-                if objective.dim() != 0:
-                    raise ValueError(f"the calibration objective must be a scalar, got shape {tuple(objective.shape)}")
-                inputs = [y for _, _, y in records] + [t.param for t in per_batch]
-                grads = torch.autograd.grad(objective, inputs, allow_unused=True) if inputs else []
-            batch_size = None
+                _check_objective(objective, batches)
+                grads, captured = _gradients(objective, [y for _, _, y in records], others, others_by_id)
+            calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for (module, a, _), g in zip(records, grads[:len(records)]):
-                if g is None:
-                    continue
-                B = a.shape[0]
-                batch_size = batch_size or B
-                a_tok, g_tok = _as_tokens(module, a.float(), g.float() * B)
-                key = id(module)
-                if key in accumulators:
-                    accumulators[key].add(a_tok, g_tok, factor_dtype, config.factor_token_stride, batches)
-                for t in per_example_diag.get(key, []):
-                    if t.name.endswith("bias"):
-                        fisher_sums[t.name] += g_tok.sum(1).pow(2).sum(0)
-                    elif isinstance(module, nn.LayerNorm):
-                        fisher_sums[t.name] += (g_tok * a_tok).sum(1).pow(2).sum(0)
-                    else:
-                        fisher_sums[t.name] += _sum_sq_per_example_outer(g_tok, a_tok).view_as(t.param)
-            if batch_size is None:
-                batch_size = _batch_size(batch)
-            for t, g in zip(per_batch, grads[len(records):]):
                 if g is not None:
-                    fisher_sums[t.name] += batch_size * g.float().pow(2)
+                    calls.setdefault(id(module), []).append(_as_tokens(module, a.float(), g.float() * B))
+            for key, module_calls in calls.items():
+                for a_tok, g_tok in module_calls if key in accumulators else ():
+                    accumulators[key].add(a_tok, g_tok, factor_dtype, config.factor_token_stride, batches)
+                if key in per_layer:
+                    a_ex, g_ex, grouped = _per_example(module_calls, B)
+                    for t in per_layer[key]:
+                        fisher_sums[t.name] += _sum_sq_of_layer_param(t, a_ex, g_ex)
+                        if not grouped:
+                            per_batch_names.add(t.name)
+            for t, g in zip(others, grads[len(records):]):
+                if g is not None:
+                    total, exact = _sum_sq_of_broadcast_param(t, g, captured.get(t.name, []), B)
+                    fisher_sums[t.name] += total
+                    if not exact:
+                        per_batch_names.add(t.name)
             records.clear()
-            examples += batch_size
+            _check_finite({**fisher_sums, **{f"{kfac_modules[k].name} (A, S)": acc.A.sum() + acc.S.sum()
+                                             for k, acc in accumulators.items() if acc.A is not None}}, batches)
+            examples += B
             batches += 1
     finally:
         for h in handles:
@@ -243,29 +388,32 @@ def collect_statistics(model: nn.Module, targets: list[Target], dataloader: Iter
     # one all-reduce of every sum: several processes give the single-process result over the union of their shards
     device = targets[0].param.device
     counts = torch.tensor([examples, batches], dtype=torch.float64, device=device)
-    sums = [counts] + list(fisher_sums.values())
-    for acc in accumulators.values():
+    fell_back = torch.tensor([float(name in per_batch_names) for name in fisher_sums], dtype=torch.float64,
+                             device=device)  # a per-batch fallback on any process marks the entry
+    sums = [counts, fell_back] + list(fisher_sums.values())
+    for key, acc in accumulators.items():
         if acc.A is None:  # a module some rank never called still takes part in the reduction
-            t = kfac_modules[next(k for k, a in accumulators.items() if a is acc)]
-            m, n = t.matrix_shape
+            m, n = kfac_modules[key].matrix_shape
             acc.A = torch.zeros(n, n, dtype=factor_dtype, device=device)
             acc.S = torch.zeros(m, m, dtype=factor_dtype, device=device)
-        sums += [acc.A, acc.S, acc.counts]
+        acc.rows = acc.rows.to(device)
+        sums += [acc.A, acc.S, acc.rows]
     _all_reduce_(sums)
     examples, batches = int(counts[0]), int(counts[1])
 
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, acc in accumulators.items():
         t = kfac_modules[key]
-        tokens, n_examples = float(acc.counts[0]), float(acc.counts[1])
-        if tokens == 0:
+        if float(acc.rows) == 0:
             raise ValueError(f"module {t.module_name!r} (parameter {t.name!r}) was never called with gradients "
                              "during calibration; exclude it with exclude_modules or check the loss_fn")
-        factors[t.name] = (acc.A / tokens, acc.S / n_examples)
-    per_batch_names = {t.name for t in per_batch}
-    sources = {name: ("per_batch" if name in per_batch_names else "per_example") for name in fisher_sums}
-    fisher = {name: total / (batches if sources[name] == "per_batch" else examples)
-              for name, total in fisher_sums.items()}
+        factors[t.name] = (acc.A / float(acc.rows), acc.S / examples)
+    fisher = {name: total / examples for name, total in fisher_sums.items()}
+    bad = [name for name, (A, S) in factors.items() if not (torch.isfinite(A).all() and torch.isfinite(S).all())]
+    bad += [name for name, f in fisher.items() if not torch.isfinite(f).all()]
+    if bad:
+        raise ValueError(f"the calibration statistics of {bad[:5]} are not finite (overflow); nothing was set")
+    sources = {name: ("per_batch" if flag > 0 else "per_example") for name, flag in zip(fisher_sums, fell_back.tolist())}
     return CalibrationStatistics(factors, fisher, sources, examples, batches, objective_name)
 
 
@@ -303,11 +451,16 @@ def estimate_prior_significance(model: nn.Module, targets: list[Target], dataloa
     return prior.normalize()
 
 
-def _batch_size(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
+def _batch_size(batch: Any, index: int = 0) -> int:
+    """The number of examples in a calibration batch: the leading dimension of the tensor itself, of the first element
+    of a tuple/list, or of the first tensor (with a dimension) of a mapping."""
+    if isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]
+    if isinstance(batch, Mapping):
+        batch = next((v for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    if isinstance(batch, torch.Tensor) and batch.dim() > 0 and batch.shape[0] > 0:
         return batch.shape[0]
-    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else []
-    for v in values:
-        if isinstance(v, torch.Tensor) and v.dim() > 0:
-            return v.shape[0]
-    return 1
+    what = f"tensor of shape {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) else type(batch).__name__
+    raise TypeError(f"cannot tell the number of examples of calibration batch {index}: expected a tensor, a tuple/list "
+                    f"whose first element is the input tensor, or a mapping holding a tensor, with the examples along "
+                    f"dimension 0; got {what}")

@@ -38,8 +38,8 @@ def _keep_count(eigenvalues_desc: torch.Tensor, rank: Optional[int], energy: Opt
 class KFACSignificance:
     """Tangent-space significance of one weight matrix.
 
-    ``omega`` holds the raw curvature sigma_i * alpha_j until :meth:`PriorSignificance.normalize` divides every entry by
-    the shared normalizer c.
+    ``omega`` holds the raw curvature sigma_i * alpha_j in float64 until :meth:`PriorSignificance.normalize` divides
+    every entry by the shared normalizer c (in float64) and stores the result as float32.
     """
 
     name: str
@@ -63,8 +63,7 @@ class KFACSignificance:
         total = sigma.sum() * alpha.sum()
         retained = float(kept / total) if total > 0 else 1.0
         omega = torch.outer(sigma[:k_out], alpha[:k_in]) + damping
-        return cls(name, QS[:, :k_out].to(dtype).contiguous(), QA[:, :k_in].to(dtype).contiguous(), omega.to(dtype),
-                   retained)
+        return cls(name, QS[:, :k_out].to(dtype).contiguous(), QA[:, :k_in].to(dtype).contiguous(), omega, retained)
 
     @property
     def rank(self) -> tuple[int, int]:
@@ -112,17 +111,25 @@ class PriorSignificance:
     normalized: bool = False
 
     def normalize(self) -> PriorSignificance:
-        """Divide all significances by c = the mean retained K-FAC curvature (the mean diagonal Fisher without any)."""
-        kfac = [e for e in self.entries.values() if isinstance(e, KFACSignificance)]
-        pool = kfac if kfac else list(self.entries.values())
-        total = sum(float(e.significance_values().double().sum()) for e in pool)
-        count = sum(e.significance_values().numel() for e in pool)
-        c = total / count if count and total > 0 else 1.0
-        for e in self.entries.values():
+        """Divide all significances by c = the mean retained K-FAC curvature (the mean diagonal Fisher without any; 1 when
+        they are all zero), in float64, and store them as float32.
+
+        Raises ``ValueError`` naming the entry when a significance is not finite (nothing is changed then).
+        """
+        raw = {name: e.significance_values().double() for name, e in self.entries.items()}
+        bad = [name for name, values in raw.items() if not bool(torch.isfinite(values).all())]
+        if bad:
+            raise ValueError(f"the prior significance of {bad[:5]} is not finite (NaN/inf); nothing was set")
+        kfac = [name for name, e in self.entries.items() if isinstance(e, KFACSignificance)]
+        pool = [raw[name] for name in (kfac or raw)]
+        scale = max((float(v.max()) for v in pool if v.numel()), default=0.0)  # mean of v / scale: no overflow
+        count = sum(v.numel() for v in pool)
+        c = scale * sum(float((v / scale).sum()) for v in pool) / count if scale > 0 else 1.0
+        for name, e in self.entries.items():
             if isinstance(e, KFACSignificance):
-                e.omega = e.omega / c
+                e.omega = (raw[name] / c).float()
             else:
-                e.fisher = e.fisher / c
+                e.fisher = (raw[name] / c).float()
         self.normalizer, self.normalized = c, True
         return self
 
