@@ -108,7 +108,7 @@ def _fixed_gradient_steps(srft, steps=3, lr=1e-2):
         for p in srft.parameters():
             p.grad = None
         for p, gp in zip(params, step):
-            p.grad = gp.to(p.dtype)
+            p.grad = gp.to(p.device, p.dtype)
         opt.step()
     return opt
 
@@ -247,3 +247,28 @@ def test_optimizer_without_the_regularized_parameters_changes_nothing(token_mlp)
     with pytest.raises(ValueError, match=r"regularized parameter 'pos' .* is not in the optimizer"):
         srft.attach(torch.optim.AdamW(token_mlp.fc2.parameters(), lr=0.1, weight_decay=0.0))
     assert _unchanged(srft, opt, hooks)
+
+
+def test_lora_prior_gradient_of_a_bf16_model_matches_autograd_in_float64(token_mlp, token_batches):
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(token_mlp, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"]))
+    with torch.no_grad():
+        torch.manual_seed(4)
+        for name, p in lora.named_parameters():
+            if ".lora_" in name:
+                p.copy_(0.3 * torch.randn_like(p))
+    cfg = {"target_modules": ["fc1", "fc2"]}
+    prior = get_srft_model(copy.deepcopy(lora), _config(**cfg)).estimate_prior(token_batches, progress=False)
+    half, full = copy.deepcopy(lora).to(torch.bfloat16), copy.deepcopy(lora).to(torch.bfloat16).double()
+    srft_half, srft_full = get_srft_model(half, _config(**cfg)), get_srft_model(full, _config(**cfg))
+    srft_half.set_prior(prior)
+    srft_full.set_prior(prior)  # the same anchors: the bf16 values, exact in float64
+    assert {t.kind for t in srft_half._engine.targets} == {"lora_A", "lora_B"}
+    with torch.no_grad():
+        torch.manual_seed(5)
+        for p, q in zip(srft_half._engine.params, srft_full._engine.params):
+            p.add_(torch.randn_like(p) * 0.005)
+            q.copy_(p.double())
+    ref = [g.double() for g in torch.autograd.grad(srft_full.prior_penalty(), srft_full._engine.params)]
+    err = _relative_error(_grads_after_pre_hook(srft_half), ref)
+    assert err < 2 ** -8, err
