@@ -135,8 +135,8 @@ class TransferTerm:
                weights: Sequence[torch.Tensor]) -> None:
         """theta <- theta - w (theta - theta_prev) with w = gamma * m.
 
-        With half-precision parameters (``previous`` and ``weights`` float32) it is computed in float32 in ``previous``,
-        which is overwritten, and rounded once into the parameters."""
+        With parameters not in float32 (``previous`` and ``weights`` float32) it is computed in ``previous``, which is
+        overwritten, and rounded once into the parameters."""
         params, previous = list(params), list(previous)
         if params[0].dtype == previous[0].dtype:
             torch._foreach_lerp_(params, previous, list(weights))
