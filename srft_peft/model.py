@@ -74,6 +74,18 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
                 raise
             return getattr(self.base_model, name)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> SRFTModel:
+        """``.to``/``.cuda``/``.half``/... move the model, then SRFT's state follows it (its dtype stays float32)."""
+        super()._apply(fn, recurse)
+        engine = self.__dict__.get("_engine")
+        if engine is not None:
+            current = dict(self.base_model.named_parameters(remove_duplicate=False))
+            for i, t in enumerate(engine.targets):  # new Parameter objects if torch overwrites them on conversion
+                if current.get(t.name) is not None and current[t.name] is not t.param:
+                    t.param = engine.params[i] = current[t.name]
+            engine.follow_parameters()
+        return self
+
     def get_base_model(self) -> nn.Module:
         """The wrapped model, with its (fine-tuned) weights."""
         return self.base_model

@@ -110,7 +110,7 @@ def transfer_only_step(grad, mode, **cfg):
     p = nn.Parameter(torch.zeros(4))
     net = nn.Module()
     net.p = p
-    cfg = {"transfer_beta": 0.0, **cfg}
+    cfg = {"transfer_beta": 0.0, "lambda_prior": 0.0, **cfg}  # no prior here: lambda_prior > 0 would warn at attach
     config = SRFTConfig(target_modules=["p"], transfer_mode=mode, transfer_statistics="own", kappa_shape="constant",
                         kappa_start=0.0, kappa_end=0.0, **cfg)
     srft = get_srft_model(net, config)
@@ -225,12 +225,12 @@ def test_warns_once_when_training_without_optimizer(token_mlp, token_batches):
 
 
 def test_attach_checks(token_mlp):
-    srft = get_srft_model(token_mlp, SRFTConfig(target_modules=["fc1"], total_steps=3))
+    srft = get_srft_model(token_mlp, SRFTConfig(target_modules=["fc1"], total_steps=3, lambda_prior=0.0))
     with pytest.raises(ValueError, match="not in the optimizer"):
         srft.attach(torch.optim.SGD(token_mlp.fc2.parameters(), lr=0.1))
     with pytest.warns(UserWarning, match="weight_decay"):
         srft.attach(torch.optim.AdamW(token_mlp.parameters(), lr=0.1, weight_decay=0.01))
-    no_t = get_srft_model(copy.deepcopy(token_mlp), SRFTConfig(target_modules=["fc1"]))
+    no_t = get_srft_model(copy.deepcopy(token_mlp), SRFTConfig(target_modules=["fc1"], lambda_prior=0.0))
     with pytest.raises(ValueError, match="total_steps"):
         no_t.attach(torch.optim.SGD(no_t.parameters(), lr=0.1))
     no_t.attach(torch.optim.SGD(no_t.parameters(), lr=0.1), total_steps=10)

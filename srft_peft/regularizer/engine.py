@@ -12,7 +12,10 @@ An optimizer step that a GradScaler skips calls neither hook, so it changes no s
 capturable optimizers (``_step_supports_amp_scaling``, e.g. ``AdamW(fused=True)``) are the exception: GradScaler calls
 their ``step()`` on every step, with the gradients still scaled and an inf flag; the hooks read ``grad_scale`` and
 ``found_inf`` from the optimizer, work on unscaled values and treat a flagged step as skipped.
-The penalty and the prior gradient are computed in the parameters' dtype with autocast disabled.
+State and arithmetic are float32 whatever the parameters' dtype, with autocast disabled: bf16/fp16 weights are cast
+once per step into a float32 buffer (allocated once) for U^T W V - P0, that buffer also holds the snapshot
+theta_{t-1} (exact: every bf16/fp16 value is a float32), and the parameters only receive the results (the prior
+gradient added to ``.grad``, the damping). SRFT's tensors follow the parameters' device (see `follow_parameters`).
 All per-element state lives in flat buffers (see `layout`); the hot path is a fixed number of ``_foreach`` ops and one
 batched matmul per group of same-shaped matrices, with no ``.item()`` (except reading a fused optimizer's inf flag).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -30,7 +34,7 @@ from ..config import SRFTConfig
 from ..schedule import coefficients, kappa
 from ..significance.prior import PriorSignificance
 from ..targeting import Target
-from .layout import FlatLayout
+from .layout import STATE_DTYPE, FlatLayout
 from .lora_term import build_prior_term
 from .prior_term import PriorTerm
 from .transfer import RANK_LEVELS, TransferTerm, ema_update_
@@ -52,12 +56,18 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return inner
 
 
+#: The engines attached to each optimizer (to refuse two attachments that would regularize one parameter twice).
+_ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _without_autocast(fn: Any) -> Any:
-    """Run an engine method with autocast off on the parameters' device: under bf16/fp16 autocast, U^T W V - P0 would
-    be computed in half precision and cancel catastrophically."""
+    """Run an engine method with autocast off on the parameters' device (after following them there if they moved):
+    under bf16/fp16 autocast, U^T W V - P0 would be computed in half precision and cancel catastrophically."""
 
     @functools.wraps(fn)
     def wrapper(self: SRFTEngine, *args: Any, **kwargs: Any) -> Any:
+        if self.params[0].device != self.layout.device:  # the model was moved without SRFTModel.to (e.g. the base)
+            self.follow_parameters()
         with torch.autocast(self.layout.device.type, enabled=False):
             return fn(self, *args, **kwargs)
 
@@ -97,6 +107,7 @@ class SRFTEngine:
         self.statistics: Optional[str] = None  # "own" | "optimizer", resolved by attach()
         self.v_flat: Optional[torch.Tensor] = None
         self._workspace: Optional[torch.Tensor] = None
+        self._cast: Optional[torch.Tensor] = None  # float32 copy of non-float32 weights (and their step snapshot)
         self._handles: list[Any] = []
         self._pending: Optional[tuple[float, float]] = None
         self._skipped = False  # the current step is one a GradScaler skips (fused optimizers only)
@@ -110,48 +121,75 @@ class SRFTEngine:
         term = build_prior_term(self.targets, self.params, self.names, prior)
         old_layout, old_v = self.layout, self.v_flat
         self.prior, self.prior_term, self.layout = prior, term, term.layout
-        self._workspace = None
+        self._workspace = self._cast = None
         if old_v is not None:
             self.v_flat = self.layout.new_buffer()
             torch._foreach_copy_(self.layout.views(self.v_flat), old_layout.views(old_v))
 
     def attach(self, optimizer: Any, total_steps: Optional[int] = None) -> None:
-        """Hook ``optimizer`` (pre-step: prior gradient, statistics, snapshot; post-step: transfer damping)."""
+        """Hook ``optimizer`` (pre-step: prior gradient, statistics, snapshot; post-step: transfer damping).
+
+        Everything is checked before an existing attachment is replaced, so a failed call leaves it working.
+        """
         opt = unwrap_optimizer(optimizer)
         in_optimizer = {id(p) for group in opt.param_groups for p in group["params"]}
         missing = [n for n, p in zip(self.names, self.params) if id(p) not in in_optimizer]
         if missing:
             raise ValueError(f"regularized parameter {missing[0]!r} (and {len(missing) - 1} more) is not in the "
                              "optimizer; build the optimizer from srft.parameters() or the same model")
-        decayed = [n for group in opt.param_groups if group.get("weight_decay", 0.0) > 0
-                   for n, p in zip(self.names, self.params) if any(p is q for q in group["params"])]
-        if decayed:
-            warnings.warn(f"SRFT: weight_decay > 0 on {len(decayed)} regularized parameters (e.g. {decayed[0]!r}) pulls "
-                          "them toward 0, not toward the pretrained weights theta0; consider weight_decay=0 for them",
-                          stacklevel=3)
-        if total_steps is not None:
-            if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-                raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
-            self.total_steps = total_steps
-        kappa(self.config, 0, self.total_steps)  # raises now if the schedule needs total_steps
-        self.detach()
-        self.optimizer = opt
+        self._check_not_attached_elsewhere(opt)
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                        or total_steps < 1):
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        new_total = self.total_steps if total_steps is None else total_steps
+        kappa(self.config, 0, new_total)  # raises now if the schedule needs total_steps
         stats = self.config.transfer_statistics
         if stats == "auto":
             stats = "optimizer" if "betas" in opt.defaults and "Adam" in type(opt).__name__ else "own"
         if stats == "optimizer" and "betas" not in opt.defaults:
             raise ValueError(f"transfer_statistics='optimizer' needs an Adam-family optimizer with exp_avg_sq, got "
                              f"{type(opt).__name__}")
-        self.statistics = stats
+        self._warn_at_attach(opt)
+        self.detach()
+        self.total_steps, self.optimizer, self.statistics = new_total, opt, stats
         if stats == "own" and self.v_flat is None:
             self.v_flat = self.layout.new_buffer()
         self._handles = [opt.register_step_pre_hook(self._before_step),
                          opt.register_step_post_hook(self._after_step)]
+        _ATTACHED.setdefault(opt, weakref.WeakSet()).add(self)
+
+    def _check_not_attached_elsewhere(self, opt: torch.optim.Optimizer) -> None:
+        """Refuse a second SRFT attachment on ``opt`` over the same parameters (e.g. a model wrapped twice by a
+        re-run notebook cell): each would add the prior gradient, applying it twice."""
+        mine = {id(p) for p in self.params}
+        for other in list(_ATTACHED.get(opt, ())):
+            if other is self or other.optimizer is not opt:
+                continue
+            shared = [n for n, p in zip(other.names, other.params) if id(p) in mine]
+            if shared:
+                raise ValueError(f"the optimizer {type(opt).__name__} already has an SRFT attachment for parameter "
+                                 f"{shared[0]!r} (another SRFTModel over the same model, e.g. from re-running "
+                                 "get_srft_model); call detach() on that one first or build a new optimizer")
+
+    def _warn_at_attach(self, opt: torch.optim.Optimizer) -> None:
+        """Warn about settings that silently weaken the regularization."""
+        decayed = [n for group in opt.param_groups if group.get("weight_decay", 0.0) > 0
+                   for n, p in zip(self.names, self.params) if any(p is q for q in group["params"])]
+        if decayed:
+            warnings.warn(f"SRFT: weight_decay > 0 on {len(decayed)} regularized parameters (e.g. {decayed[0]!r}) pulls "
+                          "them toward 0, not toward the pretrained weights theta0; consider weight_decay=0 for them",
+                          stacklevel=4)
+        if self.prior_term is None and self.config.lambda_prior > 0:
+            warnings.warn(f"SRFT: attached with lambda_prior={self.config.lambda_prior} but no prior significance, so "
+                          "the prior term is off; call srft.estimate_prior(...) or srft.set_prior(...) (it applies from "
+                          "the next step), or set lambda_prior=0 to train with the transfer term only", stacklevel=4)
 
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self.optimizer is not None:
+            _ATTACHED.get(self.optimizer, weakref.WeakSet()).discard(self)
         self.optimizer = None
 
     @property
@@ -190,6 +228,31 @@ class SRFTEngine:
             self._workspace = self.layout.new_buffer()
         return self._workspace
 
+    def _float32_params(self) -> list[torch.Tensor]:
+        """The regularized parameters in float32: themselves, or (other dtypes) their copy into a buffer allocated once,
+        which then also serves as the step snapshot theta_{t-1}."""
+        if self.params[0].dtype == STATE_DTYPE:
+            return self.params
+        if self._cast is None:
+            self._cast = self.layout.new_buffer()
+        views = self.layout.views(self._cast)
+        torch._foreach_copy_(views, self.params)
+        return views
+
+    @torch.no_grad()
+    def follow_parameters(self) -> None:
+        """Move SRFT's state to the regularized parameters' device after the model moved (``.to``, ``.cuda``);
+        its dtype stays float32 whatever theirs became (``.half()``, ``.double()``). Scratch buffers are re-allocated
+        on first use."""
+        device = self.params[0].device
+        self.layout.device = device
+        self._workspace = self._cast = None
+        if self.prior_term is not None:
+            self.prior_term.to_(device)
+        if self.v_flat is not None:
+            self.v_flat = self.v_flat.to(device)
+        self.transfer.to_(device)
+
     def _live(self) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
         """Indices, parameters and gradients of the regularized parameters that have a gradient this step."""
         index = [i for i, p in enumerate(self.params) if p.grad is not None]
@@ -209,8 +272,10 @@ class SRFTEngine:
         ws = self.workspace()
         views = self.layout.views(ws)
         live_views = [views[i] for i in index]
-        if self.config.apply == "grad" and lam > 0.0 and self.prior_term is not None:
-            self.prior_term.gradient_into_(self.params, ws)
+        cast = self.params[0].dtype != STATE_DTYPE
+        prior_gradient = self.config.apply == "grad" and lam > 0.0 and self.prior_term is not None
+        if prior_gradient:
+            self.prior_term.gradient_into_(self._float32_params(), ws)
             if scale is not None:  # the optimizer divides every gradient by grad_scale itself
                 ws.mul_(scale.to(ws.dtype))
             torch._foreach_add_(grads, live_views, alpha=lam)
@@ -221,8 +286,10 @@ class SRFTEngine:
             if scale is not None:
                 ws.div_(scale.to(ws.dtype))
             ema_update_(self.v_flat, ws, self.config.transfer_beta)
-        if gamma > 0.0:
-            torch._foreach_copy_(live_views, params)
+        if gamma > 0.0 and not cast:
+            torch._foreach_copy_(live_views, params)  # the snapshot theta_{t-1}
+        elif gamma > 0.0 and not prior_gradient:
+            self._float32_params()  # the snapshot (the prior gradient made this copy already when it ran)
 
     @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -235,9 +302,14 @@ class SRFTEngine:
             index, params, grads = self._live()
             if index:
                 v = self._statistics_for(index)
-                self.transfer.damping_into_(index, v, grads, self.step, gamma)  # gradients are dead after step: scratch
                 views = self.layout.views(self.workspace())
-                self.transfer.apply_(params, [views[i] for i in index], grads)
+                if self.params[0].dtype == STATE_DTYPE:  # snapshot in the workspace, gradients (dead after step): scratch
+                    previous, weights = [views[i] for i in index], grads
+                else:  # snapshot in the float32 copy, the workspace as float32 scratch
+                    snapshot = self.layout.views(self._cast)
+                    previous, weights = [snapshot[i] for i in index], [views[i] for i in index]
+                self.transfer.damping_into_(index, v, weights, self.step, gamma)
+                self.transfer.apply_(params, previous, weights)
         self.step += 1
 
     def _statistics_for(self, index: Sequence[int]) -> list[torch.Tensor]:
@@ -259,7 +331,7 @@ class SRFTEngine:
         prior = self.prior_term.nbytes() if self.prior_term is not None else 0
         return {
             "parameters": size(self.params),
-            "workspace": size([self._workspace]) if self._workspace is not None else 0,
+            "workspace": size([t for t in (self._workspace, self._cast) if t is not None]),
             "statistics": size([self.v_flat]) if self.v_flat is not None else 0,
             "rank_damping": size(self.transfer.rank_codes.values()),
             "prior": prior,

@@ -2,7 +2,8 @@
 
 K-FAC matrices of the same (m, n, k_out, k_in) form a *group*: their slices of a flat buffer are contiguous, so the group
 is one (L, m, n) tensor for batched matmuls while each member is also a view in its parameter's shape for ``_foreach``
-ops. Every other parameter follows, one view each.
+ops. Every other parameter follows, one view each. Buffers are float32 (:data:`STATE_DTYPE`) whatever the parameters'
+dtype: SRFT's state and arithmetic stay in float32 for bf16/fp16 models, which only receive the results.
 
 Example:
     >>> import torch
@@ -19,6 +20,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+#: The dtype of SRFT's state (significance, anchors, statistics, workspace) and of its arithmetic.
+STATE_DTYPE = torch.float32
 
 
 @dataclass
@@ -63,8 +67,7 @@ class FlatLayout:
                 offsets[i] = cursor
                 cursor += params[i].numel()
         device = params[0].device if params else torch.device("cpu")
-        dtype = params[0].dtype if params else torch.float32
-        return cls([p.shape for p in params], offsets, group_list, cursor, device, dtype)
+        return cls([p.shape for p in params], offsets, group_list, cursor, device, STATE_DTYPE)
 
     def new_buffer(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         return torch.zeros(self.numel, device=self.device, dtype=dtype or self.dtype)

@@ -12,8 +12,8 @@ with P0 = s (U^T B0)(A0 V) at attach time (0 for the usual B0 = 0). With M = ome
 
 All O((m + n) r k) per layer; adapters of the same (m, n, r, k_out, k_in) are one batched matmul, like `PriorTerm`.
 `CombinedPriorTerm` puts this term and a `PriorTerm` over the other regularized parameters behind the `PriorTerm`
-interface (``layout``, ``penalty``, ``gradient_into_``, ``state_tensors``, ``load_state_tensors``), so the engine uses it
-unchanged.
+interface (``layout``, ``penalty``, ``gradient_into_``, ``to_``, ``state_tensors``, ``load_state_tensors``), so the
+engine uses it unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from ..significance.prior import KFACSignificance, PriorSignificance
 from ..targeting import LORA_KINDS
-from .layout import FlatLayout, Group
+from .layout import STATE_DTYPE, FlatLayout, Group
 from .prior_term import PriorTerm, group_key
 
 
@@ -73,7 +73,7 @@ class LoRAPriorTerm:
         if missing:
             raise ValueError(f"the prior significance has no entry for the LoRA base weight {missing[0]!r}")
         self.layout = layout
-        device, dtype = params[pairs[0].a].device, params[pairs[0].a].dtype
+        device, dtype = params[pairs[0].a].device, STATE_DTYPE
         by_first = {g.members[0]: g for g in layout.groups}
         self.groups = []
         with torch.no_grad():
@@ -91,8 +91,8 @@ class LoRAPriorTerm:
                 omega = torch.stack([e.omega for e in entries]).to(device, dtype)
                 s = torch.tensor([p.scale for p in members], device=device, dtype=dtype).view(-1, 1, 1)
                 Ut, Vt = U.transpose(1, 2).contiguous(), V.transpose(1, 2).contiguous()
-                A0 = torch.stack([params[p.a].detach() for p in members])
-                B0 = torch.stack([params[p.b].detach() for p in members])
+                A0 = torch.stack([params[p.a].detach() for p in members]).to(dtype)
+                B0 = torch.stack([params[p.b].detach() for p in members]).to(dtype)
                 P0 = s * torch.bmm(torch.bmm(Ut, B0), torch.bmm(A0, V))
                 self.groups.append((ga, gb, [p.a for p in members], [p.b for p in members], U, Ut, V, Vt, omega, s, P0))
 
@@ -100,15 +100,16 @@ class LoRAPriorTerm:
         """R(A, B) summed over the adapters, with autograd."""
         total = params[0].new_zeros((), dtype=torch.float32)
         for _ga, _gb, ia, ib, _U, Ut, V, _Vt, omega, s, P0 in self.groups:
-            A = torch.stack([params[i] for i in ia])
-            B = torch.stack([params[i] for i in ib])
+            A = torch.stack([params[i] for i in ia]).to(Ut.dtype)
+            B = torch.stack([params[i] for i in ib]).to(Ut.dtype)
             T = s * torch.bmm(torch.bmm(Ut, B), torch.bmm(A, V)) - P0
             total = total + 0.5 * (omega * T * T).sum(dtype=torch.float32)
         return total
 
     @torch.no_grad()
     def gradient_into_(self, params: Sequence[torch.Tensor], workspace: torch.Tensor) -> None:
-        """Write dR/dA and dR/dB into the adapters' slices of ``workspace`` (no autograd graph)."""
+        """Write dR/dA and dR/dB into the adapters' slices of ``workspace`` (no autograd graph); the adapters are read
+        through a copy into ``workspace``, so they may be in any dtype."""
         views = self.layout.views(workspace)
         idx = [i for g in self.groups for i in g[2] + g[3]]
         torch._foreach_copy_([views[i] for i in idx], [params[i] for i in idx])
@@ -123,6 +124,11 @@ class LoRAPriorTerm:
     def nbytes(self) -> int:
         """Bytes of the significance and anchor tensors this term holds."""
         return sum(t.numel() * t.element_size() for g in self.groups for t in g if isinstance(t, torch.Tensor))
+
+    def to_(self, device: torch.device) -> None:
+        """Move every tensor of this term to ``device`` (their dtype stays float32)."""
+        self.layout.device = device
+        self.groups = [tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in g) for g in self.groups]
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The anchors P0, one per group of adapters."""
@@ -197,6 +203,12 @@ class CombinedPriorTerm:
 
     def nbytes(self) -> int:
         return self.lora.nbytes() + (self.plain.nbytes() if self.plain is not None else 0)
+
+    def to_(self, device: torch.device) -> None:
+        self.layout.device = device
+        self.lora.to_(device)
+        if self.plain is not None:
+            self.plain.to_(device)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = self.lora.state_tensors()
