@@ -9,6 +9,7 @@ Example:
 from .checkpoint_io import (
     CheckpointFormatError,
     LoadReport,
+    PartialLoadError,
     load_rgb_checkpoint,
     load_tracker,
     read_weights_only,
@@ -91,6 +92,7 @@ __all__ = [
     # models (model.py) and their checkpoints (checkpoint_io.py)
     "OSTrackRGBX", "TrackerConfig", "TrackerOutput", "ParameterCount", "build_rgbx_from_rgb", "decode_center_maps",
     "save_tracker", "load_tracker", "load_rgb_checkpoint", "read_weights_only", "LoadReport", "CheckpointFormatError",
+    "PartialLoadError",
     # crops shared by training and inference (crops.py)
     "crop_tensor", "crop_and_resize", "crop_window", "sample_target", "box_in_window", "box_from_window", "box_to_crop",
     "map_box_back", "clip_box", "normalize_image", "IMAGENET_MEAN", "IMAGENET_STD",

@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from srft_peft.tracking import OSTrackRGBX, load_rgb_checkpoint, load_tracker, save_tracker
-from srft_peft.tracking.checkpoint_io import PartialLoadError
+from srft_peft.tracking import OSTrackRGBX, PartialLoadError, load_rgb_checkpoint, load_tracker, save_tracker
 from srft_peft.tracking.datasets import load_lasher, read_boxes
 from srft_peft.tracking.training import FinetuneConfig, finetune_rgbx, load_pretrained_rgb
 from tests.examples.conftest import fresh_accelerate  # noqa: F401  (fixture)
