@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from srft_peft.tracking import OSTrackRGBX, PartialLoadError, load_rgb_checkpoint, load_tracker, save_tracker
 from srft_peft.tracking.datasets import load_lasher, read_boxes
+from srft_peft.tracking.evaluation import load_results
 from srft_peft.tracking.training import FinetuneConfig, finetune_rgbx, load_pretrained_rgb
 from tests.examples.conftest import fresh_accelerate  # noqa: F401  (fixture)
 from tests.tracking.test_model import TX, TZ, ostrack_style_state, tiny_cfg
@@ -139,6 +140,14 @@ def test_non_utf8_ground_truth_names_the_file(tmp_path, encoding, match):
     assert str(d / "visible.txt") in str(info.value) and "re-save it as UTF-8" in str(info.value)
     with pytest.raises(ValueError, match=match):
         read_boxes(d / "visible.txt")
+
+
+def test_non_utf8_result_values_name_the_file(tmp_path):
+    (tmp_path / "seq.txt").write_text("4,3,6,5\n4,3,6,5\n")
+    (tmp_path / "seq_confidence.value").write_bytes("1.0\n0.5\n".encode("utf-16"))
+    with pytest.raises(ValueError, match="looks like UTF-16") as info:
+        load_results(tmp_path, ["seq"])
+    assert str(tmp_path / "seq_confidence.value") in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
