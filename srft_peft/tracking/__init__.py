@@ -10,6 +10,7 @@ from .checkpoint_io import (
     CheckpointFormatError,
     InertObject,
     LoadReport,
+    PartialLoadError,
     load_rgb_checkpoint,
     load_tracker,
     load_trainer_checkpoint,
@@ -93,7 +94,7 @@ __all__ = [
     # models (model.py) and their checkpoints (checkpoint_io.py)
     "OSTrackRGBX", "TrackerConfig", "TrackerOutput", "ParameterCount", "build_rgbx_from_rgb", "decode_center_maps",
     "save_tracker", "load_tracker", "load_rgb_checkpoint", "read_weights_only", "LoadReport", "CheckpointFormatError",
-    "load_trainer_checkpoint", "InertObject",
+    "load_trainer_checkpoint", "InertObject", "PartialLoadError",
     # crops shared by training and inference (crops.py)
     "crop_tensor", "crop_and_resize", "crop_window", "sample_target", "box_in_window", "box_from_window", "box_to_crop",
     "map_box_back", "clip_box", "normalize_image", "IMAGENET_MEAN", "IMAGENET_STD",

@@ -32,6 +32,7 @@ __all__ = [
     "CheckpointFormatError",
     "InertObject",
     "LoadReport",
+    "PartialLoadError",
     "load_rgb_checkpoint",
     "load_trainer_checkpoint",
     "load_tracker",
@@ -55,6 +56,10 @@ class CheckpointFormatError(ValueError):
     """A checkpoint file could not be read as a weights-only tensor dictionary."""
 
 
+class PartialLoadError(ValueError):
+    """A strict :func:`load_rgb_checkpoint` found missing, unexpected or mismatched keys; the model was not changed."""
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_rgb_checkpoint` did. Keys use the RGB model's names (``backbone.*``, ``box_head.*``)."""
@@ -70,6 +75,17 @@ class LoadReport:
     def ok(self) -> bool:
         """True when every model key was loaded and nothing unexpected was found."""
         return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 5) -> str:
+        """``path: N missing (first keys, ...), M unexpected (...), K mismatched (...)`` with at most ``limit`` keys each."""
+        parts = []
+        for kind in ("missing", "unexpected", "mismatched"):
+            keys = getattr(self, kind)
+            if keys:
+                more = ", ..." if len(keys) > limit else ""
+                parts.append(f"{len(keys)} {kind} ({', '.join(keys[:limit])}{more})")
+        ignored = f"; {len(self.ignored)} unused keys ignored" if self.ignored else ""
+        return f"{self.path}: " + (", ".join(parts) or "every key loaded") + ignored
 
     def __str__(self) -> str:
         return (
@@ -230,7 +246,8 @@ def load_rgb_checkpoint(model: OSTrackRGBX, path: str | Path, strict: bool = Fal
     or mismatched keep the model's current values.
 
     Args:
-        strict: raise ``ValueError`` (and change nothing) if anything is missing, unexpected or mismatched.
+        strict: raise :class:`PartialLoadError` (a ``ValueError`` naming the file, the counts and a few keys of each
+            kind) and change nothing if anything is missing, unexpected or mismatched. Ignored keys do not count.
     """
     state = read_weights_only(path)
     if not any(k.startswith(("backbone.", "box_head.")) for k in state):
@@ -281,7 +298,7 @@ def load_rgb_checkpoint(model: OSTrackRGBX, path: str | Path, strict: bool = Fal
     report.missing = [k for k in expected if k not in mapped and k not in mismatched_keys]
 
     if strict and not report.ok:
-        raise ValueError(f"strict load of {path} failed: {report}")
+        raise PartialLoadError(f"checkpoint {report.summary()}; strict load: the model was not changed")
     merged = {k: mapped.get(k, v) for k, v in expected.items()}
     model.init_from_rgb(merged)
     level = logging.INFO if report.ok else logging.WARNING
@@ -307,13 +324,25 @@ def load_tracker(directory: str | Path, device: str | torch.device = "cpu") -> O
     for p in (cfg_path, weights_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found (expected a folder written by save_tracker)")
-    meta = json.loads(cfg_path.read_text())
+    try:
+        meta = json.loads(cfg_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{cfg_path}: not a valid JSON tracker config ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object, got {type(meta).__name__}")
     model_type = meta.pop("model_type", None)
     meta.pop("format_version", None)
     if model_type != MODEL_TYPE:
         raise ValueError(f"{cfg_path}: model_type must be {MODEL_TYPE!r}, got {model_type!r}")
-    model = OSTrackRGBX(TrackerConfig.from_dict(meta))
-    state = load_file(str(weights_path))
+    try:
+        config = TrackerConfig.from_dict(meta)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{cfg_path}: invalid tracker config: {err}") from None
+    model = OSTrackRGBX(config)
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:  # SafetensorError, OSError, ...: a truncated or foreign file
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({type(err).__name__}: {err})") from None
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -48,12 +48,25 @@ _SEPARATORS = re.compile(r"[,\s]+")
 # ----------------------------------------------------------------------------------------------------------------------
 # Annotation parsing
 # ----------------------------------------------------------------------------------------------------------------------
+def _decode_text(path: Path, data: bytes) -> str:
+    """UTF-8 text (a BOM is dropped); anything else, e.g. UTF-16 or Latin-1, is an error naming the file."""
+    hint = "re-save it as UTF-8 or ASCII"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
+        raise ValueError(f"{path}: looks like UTF-16 text (byte-order mark or NUL bytes); {hint}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}, e.g. Latin-1); {hint}"
+        ) from None
+
+
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     """Non-empty lines of a text file as ``(1-based line number, stripped text)``; CRLF, CR and a BOM are handled."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    text = path.read_bytes().decode("utf-8-sig", errors="strict")
+    text = _decode_text(path, path.read_bytes())
     lines = text.splitlines()  # splits on \n, \r\n and \r
     # Trailing blank lines are common and harmless; blank lines inside the file are an error (frames would shift).
     while lines and not lines[-1].strip():
@@ -446,6 +459,9 @@ def load_depthtrack(root: str | Path, split_file: str | Path | None = None) -> l
             ext = ".png"
         frames_rgb = _numbered_frames(color, "%08d" + ext, 1, len(gt), gt_file)
         frames_x = _numbered_frames(d / "depth", "%08d.png", 1, len(gt), gt_file)
+        # Frames beyond the ground truth are an error, as in the other loaders (not silently dropped).
+        _check_count(_list_images(color, (ext,)), gt, color, gt_file)
+        _check_count(_list_images(d / "depth", (".png",)), gt, d / "depth", gt_file)
         seqs.append(Sequence(d.name, frames_rgb, frames_x, gt, modality="rgbd", dataset="depthtrack"))
     return seqs
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from .datasets import Sequence, read_boxes
+from .datasets import Sequence, _decode_text, read_boxes
 
 __all__ = ["Tracker", "SequenceResult", "run_tracker", "save_result", "load_results"]
 
@@ -72,7 +72,7 @@ def save_result(results_dir: str | Path, name: str, result: SequenceResult, time
 
 def _read_values(path: Path) -> np.ndarray:
     values = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_decode_text(path, path.read_bytes()).splitlines(), start=1):
         line = line.strip()
         if not line:
             values.append(math.nan)  # VOT leaves the initialisation frame empty

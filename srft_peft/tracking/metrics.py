@@ -1,15 +1,19 @@
 """One-pass-evaluation tracking metrics with the conventions of the official toolkits.
 
-Conventions (see the public LasHeR / RGBT234 / GTOT toolkits and the VOT toolkit):
+Conventions shared by all benchmarks (the public LasHeR / RGBT234 / GTOT toolkits and the VOT toolkit):
 
 * boxes are ``x, y, w, h`` (top-left, 0-based pixels); centre ``c = (x + (w - 1) / 2, y + (h - 1) / 2)``;
 * IoU on inclusive pixels: ``x2 = x + w - 1`` and the overlap width is ``min(x2) - max(x1) + 1``;
-* predictions are truncated to the ground-truth length, frame 0 is replaced by the ground truth and a prediction with
-  ``w <= 0`` or ``h <= 0`` (or NaN) takes the previous box;
-* ``PR(θ)`` = fraction of frames with centre distance ``<= θ`` (20 px; GTOT 5 px); ``NPR(θ)`` likewise with the
-  offset divided by the GT width/height (θ = 0.2); success ``S(τ)`` = fraction with IoU ``> τ`` for
-  ``τ ∈ {0, 0.05, ..., 1}`` and ``SR`` = its mean (the AUC);
-* curves are computed per sequence, then averaged over sequences (GTOT: pooled over frames).
+* predictions are truncated to the ground-truth length;
+* ``PR(θ)`` = fraction of frames with centre distance ``<= θ`` (20 px); ``NPR(θ)`` likewise with the offset divided
+  by the GT width/height (θ = 0.2); success ``S(τ)`` = fraction with IoU ``> τ`` for ``τ ∈ {0, 0.05, ..., 1}`` and
+  ``SR`` = its mean (the AUC);
+* curves are computed per sequence, then averaged over sequences.
+
+What differs per benchmark is a field of its :class:`Protocol` (see ``PROTOCOLS``): whether frame 0 is replaced by
+the ground truth (LasHeR: yes; RGBT234 / GTOT score the submitted box), whether a prediction with ``w <= 0``,
+``h <= 0`` or NaN takes the previous box (LasHeR) or is scored as written (IoU 0), the absent-frame rule, GTOT's 5 px
+threshold with a strict ``< θ``, frame pooling and trapezoid AUC.
 
 All returned values are fractions in [0, 1].
 
@@ -117,8 +121,9 @@ def normalized_center_error(pred: Any, gt: Any) -> np.ndarray:
 
 
 def prepare_predictions(pred: Any, gt: Any, init_from_gt: bool = True, fix_invalid: bool = True) -> np.ndarray:
-    """Toolkit pre-processing of a result: truncate to the GT length, frame 0 := GT box, and give predictions with
-    ``w <= 0``, ``h <= 0`` or NaN values the previous box.
+    """Toolkit pre-processing of a result: truncate to the GT length, frame 0 := GT box (``init_from_gt``), and give
+    predictions with ``w <= 0``, ``h <= 0`` or NaN values the previous box (``fix_invalid``); both as in LasHeR's
+    toolkit (RGBT234 / GTOT turn both off, see ``PROTOCOLS``).
 
     Raises:
         ValueError: fewer predictions than ground-truth frames.
@@ -159,22 +164,19 @@ def _check_rule(rule: str) -> None:
 
 
 def _threshold_curve(
-    errors: np.ndarray, absent: np.ndarray, thresholds: np.ndarray, rule: str, hit_if_absent: bool, below: bool
+    errors: np.ndarray, absent: np.ndarray, thresholds: np.ndarray, rule: str, hit_if_absent: bool, compare: np.ufunc
 ) -> np.ndarray:
-    """Fraction of frames with ``error <= t`` (``below``) or ``error > t``, with absent frames handled by ``rule``."""
+    """Fraction of frames with ``compare(error, t)`` true for each threshold ``t`` (``np.less_equal``,
+    ``np.less`` or ``np.greater``), with absent frames handled by ``rule``."""
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if rule == "exclude":
         errors = errors[~absent]
-        if errors.size == 0:
-            return np.full(thresholds.shape, np.nan)
-        hits = errors[:, None] <= thresholds[None] if below else errors[:, None] > thresholds[None]
-        return hits.mean(axis=0)
-    hits = errors[:, None] <= thresholds[None] if below else errors[:, None] > thresholds[None]
     if errors.size == 0:
         return np.full(thresholds.shape, np.nan)
+    hits = compare(errors[:, None], thresholds[None])
     if rule == "lasher":
         hits[absent] = hit_if_absent
-    else:  # miss
+    elif rule == "miss":
         hits[absent] = False
     return hits.mean(axis=0)
 
@@ -195,6 +197,7 @@ def precision_curve(
     gt_x: Any = None,
     absent: str = "exclude",
     prepare: bool = True,
+    strict: bool = False,
 ) -> np.ndarray:
     """Precision curve of one sequence: fraction of frames with centre error ``<= θ`` for each θ (pixels).
 
@@ -206,6 +209,7 @@ def precision_curve(
         absent: ``"exclude"`` (absent frames leave the denominator), ``"miss"`` (they count as misses) or
             ``"lasher"`` (any GT coordinate ``<= 0``: hit for PR/NPR, miss for SR, kept in the denominator).
         prepare: apply :func:`prepare_predictions` first.
+        strict: count a frame only if its error is ``< θ`` (the GTOT toolkit), so an error of exactly θ is a miss.
 
     Example:
         >>> gt = np.array([[0, 0, 10, 10]] * 3, float)
@@ -217,7 +221,8 @@ def precision_curve(
     g = _boxes(gt)
     p = prepare_predictions(pred, g) if prepare else _boxes(pred)[: len(g)]
     errors = [center_error(p, g)] + ([center_error(p, _boxes(gt_x))] if gt_x is not None else [])
-    return _threshold_curve(_combine(errors, "min"), absent_frames(g, absent), thresholds, absent, True, below=True)
+    compare = np.less if strict else np.less_equal
+    return _threshold_curve(_combine(errors, "min"), absent_frames(g, absent), thresholds, absent, True, compare)
 
 
 def normalized_precision_curve(
@@ -236,7 +241,7 @@ def normalized_precision_curve(
     errors = [normalized_center_error(p, g)]
     if gt_x is not None:
         errors.append(normalized_center_error(p, _boxes(gt_x)))
-    return _threshold_curve(_combine(errors, "min"), absent_frames(g, absent), thresholds, absent, True, below=True)
+    return _threshold_curve(_combine(errors, "min"), absent_frames(g, absent), thresholds, absent, True, np.less_equal)
 
 
 def success_curve(
@@ -257,7 +262,7 @@ def success_curve(
     g = _boxes(gt)
     p = prepare_predictions(pred, g) if prepare else _boxes(pred)[: len(g)]
     overlaps = [box_iou(p, g)] + ([box_iou(p, _boxes(gt_x))] if gt_x is not None else [])
-    return _threshold_curve(_combine(overlaps, "max"), absent_frames(g, absent), thresholds, absent, False, below=False)
+    return _threshold_curve(_combine(overlaps, "max"), absent_frames(g, absent), thresholds, absent, False, np.greater)
 
 
 def curve_value(curve: Any, thresholds: Any, at: float) -> float:
@@ -387,6 +392,16 @@ class Protocol:
     )
     auc_rule: str = field(default="mean", metadata={"help": "'mean' or 'trapezoid' success AUC."})
     long_term: bool = field(default=False, metadata={"help": "Also report DepthTrack/VOT-LT precision/recall/F."})
+    init_from_gt: bool = field(
+        default=True, metadata={"help": "Replace the frame-0 prediction by the ground truth (else score it as written)."}
+    )
+    fix_invalid: bool = field(
+        default=True,
+        metadata={"help": "Give a prediction with w <= 0, h <= 0 or NaN the previous box (else score it as written)."},
+    )
+    strict_precision: bool = field(
+        default=False, metadata={"help": "Pixel precision counts errors < θ (GTOT) instead of <= θ."}
+    )
 
     def __post_init__(self) -> None:
         _check_rule(self.absent)
@@ -394,11 +409,23 @@ class Protocol:
             raise ValueError(f"Protocol.auc_rule must be 'mean' or 'trapezoid', got {self.auc_rule!r}")
 
 
+# Each benchmark's conventions; docs/tracking.md ("Metric conventions per benchmark") gives the source of each.
 PROTOCOLS: dict[str, Protocol] = {
     "lasher": Protocol("lasher", absent="lasher"),
     "visevent": Protocol("visevent", absent="lasher"),  # LaSOT-style toolkit: same absent-frame handling
-    "rgbt234": Protocol("rgbt234", absent="miss", two_gt=True),
-    "gtot": Protocol("gtot", absent="miss", pr_threshold=5.0, two_gt=True, pool_frames=True, auc_rule="trapezoid"),
+    # The RGBT234 and GTOT toolkits score every submitted box as written, frame 0 and empty boxes included.
+    "rgbt234": Protocol("rgbt234", absent="miss", two_gt=True, init_from_gt=False, fix_invalid=False),
+    "gtot": Protocol(
+        "gtot",
+        absent="miss",
+        pr_threshold=5.0,
+        two_gt=True,
+        pool_frames=True,
+        auc_rule="trapezoid",
+        init_from_gt=False,
+        fix_invalid=False,
+        strict_precision=True,
+    ),
     "depthtrack": Protocol("depthtrack", absent="exclude", long_term=True),
     "default": Protocol("default", absent="exclude"),
 }
@@ -482,10 +509,11 @@ def evaluate_results(
         boxes, conf, seq_fps = _unpack_result(seq.name, results[seq.name])
         gt = np.asarray(seq.gt, dtype=np.float64)
         try:
-            pred = prepare_predictions(boxes, gt, fix_invalid=True)
+            pred = prepare_predictions(boxes, gt, init_from_gt=protocol.init_from_gt, fix_invalid=protocol.fix_invalid)
         except ValueError as err:
             raise ValueError(f"sequence {seq.name!r}: {err}") from None
-        pr_c.append(precision_curve(pred, gt, PRECISION_THRESHOLDS, absent=rule, prepare=False))
+        strict = protocol.strict_precision
+        pr_c.append(precision_curve(pred, gt, PRECISION_THRESHOLDS, absent=rule, prepare=False, strict=strict))
         npr_c.append(normalized_precision_curve(pred, gt, NORM_PRECISION_THRESHOLDS, absent=rule, prepare=False))
         sr_c.append(success_curve(pred, gt, SUCCESS_THRESHOLDS, absent=rule, prepare=False))
         lengths.append(len(gt))
@@ -497,7 +525,9 @@ def evaluate_results(
         }
         if protocol.two_gt:
             gt_x = seq.gt_x if getattr(seq, "gt_x", None) is not None else gt
-            mpr_c.append(precision_curve(pred, gt, PRECISION_THRESHOLDS, gt_x=gt_x, absent=rule, prepare=False))
+            mpr_c.append(
+                precision_curve(pred, gt, PRECISION_THRESHOLDS, gt_x=gt_x, absent=rule, prepare=False, strict=strict)
+            )
             msr_c.append(success_curve(pred, gt, SUCCESS_THRESHOLDS, gt_x=gt_x, absent=rule, prepare=False))
             scores["MPR"] = curve_value(mpr_c[-1], PRECISION_THRESHOLDS, protocol.pr_threshold)
             scores["MSR"] = auc(msr_c[-1], protocol.auc_rule)

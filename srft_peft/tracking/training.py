@@ -53,6 +53,7 @@ import shutil
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,13 +62,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from ..config import SRFTConfig
 from ..integrations.accelerate import prepare_srft
 from ..model import SRFTModel, get_srft_model
 from ..significance.prior import DiagonalSignificance, PriorSignificance
-from .checkpoint_io import load_rgb_checkpoint, load_tracker, save_tracker
+from .checkpoint_io import PartialLoadError, load_rgb_checkpoint, load_tracker, save_tracker
 from .datasets import Sequence, load_dataset
 from .demo_data import GENERATOR_VERSION, _lock, default_demo_root, make_demo_dataset
 from .evaluation import run_tracker
@@ -390,13 +392,16 @@ def load_pretrained_rgb(
     template_size: int | None = None,
     search_size: int | None = None,
     progress: bool = True,
+    allow_partial_load: bool = False,
 ) -> tuple[OSTrackRGBX, str]:
     """The RGB tracker to start from, and a description of where it came from.
 
     ``pretrained``: None (the cached demo tracker, see :func:`ensure_pretrained_rgb`), a folder written by
     :func:`save_tracker`, or an OSTrack/DropTrack checkpoint file (``.pth.tar``/``.pth``) loaded into
     ``TrackerConfig(variant, "rgb", template_size, search_size)`` with :func:`load_rgb_checkpoint` (sizes default to
-    OSTrack-256's 128/256 for ``small``/``base`` and to 32/64 for ``tiny``).
+    OSTrack-256's 128/256 for ``small``/``base`` and to 32/64 for ``tiny``). A checkpoint with missing, unexpected or
+    mismatched keys is an error (``ValueError`` naming the file, counts and examples) unless ``allow_partial_load``;
+    keys the tracker never uses (cls token, ``pos_embed``, classifier head) are not counted.
     """
     if pretrained is None:
         folder = ensure_pretrained_rgb(progress=progress)
@@ -412,10 +417,13 @@ def load_pretrained_rgb(
         cfg = TrackerConfig(variant=variant, mode="rgb", template_size=template_size or default[0],
                             search_size=search_size or default[1])
         model = OSTrackRGBX(cfg)
-        report = load_rgb_checkpoint(model, path)
-        if report.missing or report.mismatched:
-            warnings.warn(f"{path}: {len(report.missing)} missing and {len(report.mismatched)} mismatched keys "
-                          f"(check --variant / sizes): {report}", stacklevel=2)
+        try:
+            report = load_rgb_checkpoint(model, path, strict=not allow_partial_load)
+        except PartialLoadError as err:
+            raise PartialLoadError(f"--pretrained: {err}. Check --variant / --template-size / --search-size, or pass "
+                                   "--allow-partial-load to train from a partial load") from None
+        if not report.ok:
+            warnings.warn(f"--allow-partial-load: {report.summary()}", stacklevel=2)
         return model, str(path)
     raise FileNotFoundError(f"--pretrained {pretrained!r} is neither a tracker folder nor a checkpoint file")
 
@@ -451,6 +459,11 @@ class FinetuneConfig:
     variant: str = field(default="tiny", metadata={"help": "ViT size when --pretrained is a .pth.tar: tiny/small/base."})
     template_size: int | None = field(default=None, metadata={"help": "Template crop for a .pth.tar (base: 128)."})
     search_size: int | None = field(default=None, metadata={"help": "Search crop for a .pth.tar (base: 256)."})
+    allow_partial_load: bool = field(
+        default=False,
+        metadata={"help": "Accept a --pretrained .pth.tar whose keys or shapes do not all match the tracker (the rest "
+                  "stays randomly initialised); by default that is an error."},
+    )
     prior: str | None = field(
         default=None,
         metadata={"help": "Prior significance to load (folder or Hub repo id, see srft.save_pretrained); default: "
@@ -664,13 +677,36 @@ def _resume_path(cfg: FinetuneConfig, output_dir: Path) -> tuple[Path, int] | No
             warnings.warn(f"--resume latest: no checkpoint in {output_dir / 'checkpoints'}; starting from scratch",
                           stacklevel=3)
             return None
-        step, path = found[-1]
-        return path, step
+        return found[-1][1], _check_checkpoint(found[-1][1])
     path = Path(cfg.resume).expanduser()
+    return path, _check_checkpoint(path)
+
+
+def _check_checkpoint(path: Path) -> int:
+    """The step of a checkpoint folder written by ``_save_checkpoint``, after a quick look at every file in it; any
+    problem is an error naming the file (before the run creates or changes anything)."""
     state_file = path / "trainer_state.json"
     if not state_file.is_file():
         raise FileNotFoundError(f"--resume {path}: not a checkpoint folder written by finetune_rgbx (no {state_file})")
-    return path, int(json.loads(state_file.read_text())["step"])
+    try:
+        step = json.loads(state_file.read_bytes().decode("utf-8")).get("step")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"--resume: {state_file} is not a JSON object with a 'step' ({err})") from None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"--resume: {state_file}: 'step' must be a non-negative integer, got {step!r}")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"--resume {path}: no model weights (*.safetensors) in the checkpoint folder")
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as err:  # SafetensorError: truncated header, not a safetensors file, ...
+            raise ValueError(f"--resume: {file} is not a readable safetensors file ({err})") from None
+    for file in sorted([*path.glob("*.bin"), *path.glob("*.pkl")]):  # accelerate writes these with torch.save (zip)
+        if not zipfile.is_zipfile(file):
+            raise ValueError(f"--resume: {file} is damaged (not a complete torch.save archive)")
+    return step
 
 
 def _jsonable(value: Any) -> Any:
@@ -779,8 +815,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
         scores), ``plots``, ``train_time_s``, ``final_loss``, parameter counts and the config. Other processes get ``{}``.
     """
     cfg = dataclasses.replace(config or FinetuneConfig(), **overrides)
-    output_dir = Path(cfg.output_dir).expanduser()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(cfg.output_dir).expanduser()  # created once the inputs below have been read and checked
     accelerator = accelerator if accelerator is not None else _make_accelerator(cfg, output_dir)
     main = accelerator.is_main_process
     show = cfg.progress and accelerator.is_local_main_process
@@ -788,10 +823,11 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     _configure_threads(cfg.num_threads, device)
     _set_seed(cfg.seed)
 
-    # --- data and the RGB tracker (built once; the other processes wait on the file locks) ----------------------------
+    # --- inputs: checkpoint, data and the RGB tracker (built once; the other processes wait on the file locks) --------
+    resume = _resume_path(cfg, output_dir)
     train_seqs, test_seqs, data_desc = _load_rgbx_splits(cfg)
     rgb_model, pretrained_desc = load_pretrained_rgb(cfg.pretrained, cfg.variant, cfg.template_size, cfg.search_size,
-                                                     progress=show)
+                                                     progress=show, allow_partial_load=cfg.allow_partial_load)
     demo_tracker = cfg.pretrained is None
     tcfg = rgb_model.config
     default_jitter = DEMO_JITTER if demo_tracker else OSTRACK_JITTER
@@ -804,7 +840,6 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     srft_cfg = method_srft_config(cfg.method, cfg.steps, cfg.srft_overrides)
     srft: SRFTModel | None = None
     prior_desc = "none (no SRFT)"
-    resume = _resume_path(cfg, output_dir)
     if srft_cfg is not None:
         srft = get_srft_model(model, srft_cfg)
         model = srft
@@ -838,6 +873,8 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
         if main and srft.prior is not None and cfg.method != "l2sp":
             srft.save_pretrained(saved_prior)
 
+    output_dir.mkdir(parents=True, exist_ok=True)
+
     trainable = [p for p in model.parameters() if p.requires_grad]
     counts = {"total": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in trainable)}
 
@@ -864,7 +901,10 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     start_step = 0
     if resume is not None:
         path, start_step = resume
-        accelerator.load_state(str(path))
+        try:
+            accelerator.load_state(str(path))
+        except Exception as err:  # a damaged file that passed _check_checkpoint's quick look
+            raise ValueError(f"--resume {path}: could not load the checkpoint ({type(err).__name__}: {err})") from err
         if show:
             print(f"resumed from {path} (step {start_step})")
 

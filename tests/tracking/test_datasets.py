@@ -173,6 +173,18 @@ def test_depthtrack_missing_frame_names_file_and_line(tmp_path):
         load_depthtrack(tmp_path)
 
 
+@pytest.mark.parametrize("folder", ["color", "depth"])
+def test_depthtrack_frames_beyond_the_ground_truth_raise(tmp_path, folder):
+    # 3 colour and depth frames, 2 annotation lines: like LasHeR / VisEvent, an error (frames were silently dropped).
+    d = _depthtrack_seq(tmp_path, "seq", "1,1,1,1\n1,1,1,1\n1,1,1,1\n", 3)
+    _text(d / "groundtruth.txt", "1,1,1,1\n1,1,1,1\n")
+    other = "depth" if folder == "color" else "color"
+    next(p for p in sorted((d / other).iterdir()) if p.name.startswith("00000003")).unlink()  # only `folder` has extra
+    message = rf"groundtruth\.txt: 2 annotation lines but 3 frames in .*seq[/\\]{folder}"
+    with pytest.raises(ValueError, match=message):
+        load_depthtrack(tmp_path)
+
+
 def test_depth_colormap_clip_normalise_jet():
     depth = np.array([[1000, 2000], [3000, 4000]], np.uint16)  # median 2500 -> clip at 7500: no clipping
     jet = depth_to_colormap(depth)

@@ -235,3 +235,50 @@ def test_bad_inputs_name_the_problem():
         precision_curve(PRED3, GT3, absent="ignore")
     with pytest.raises(ValueError, match="needs confidences"):
         evaluate_results([_seq("a", GT3)], {"a": PRED3}, protocol="depthtrack")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-benchmark conventions (Protocol fields), each against the LasHeR behaviour it must not change
+# ---------------------------------------------------------------------------------------------------------------------
+def test_rgbt234_and_gtot_score_the_submitted_frame_0_box():
+    gt = np.array([[5, 5, 10, 10]] * 2, float)  # x, y > 0: present under LasHeR's rule too
+    pred = np.array([[35, 5, 10, 10], [5, 5, 10, 10]], float)  # frame 0 is 30 px off, IoU 0; frame 1 exact
+    for name in ("rgbt234", "gtot"):
+        summary = evaluate_results([_seq("s", gt, dataset=name)], {"s": pred})
+        assert summary["PR"] == pytest.approx(0.5) and summary["MPR"] == pytest.approx(0.5)
+    assert evaluate_results([_seq("s", gt, dataset="rgbt234")], {"s": pred})["MSR"] == pytest.approx(20 / 42)
+    # LasHeR's toolkit replaces frame 0 by the ground truth: unchanged.
+    lasher = evaluate_results([_seq("s", gt, dataset="lasher")], {"s": pred})
+    assert (lasher["PR"], lasher["SR"]) == pytest.approx((1.0, 20 / 21))
+
+
+def test_rgbt234_and_gtot_score_empty_boxes_as_written():
+    gt = np.array([[5, 5, 10, 10]] * 3, float)
+    pred = np.array([[5, 5, 10, 10], [5, 5, 10, 10], [5, 5, 0, 10]], float)  # frame 2: w = 0
+    summary = evaluate_results([_seq("s", gt, dataset="rgbt234")], {"s": pred})
+    assert summary["MSR"] == pytest.approx(40 / 63)  # frame 2 has IoU 0 (not the previous box's 1)
+    # Its centre (4.5, 9.5) is 5 px from the GT centre (9.5, 9.5): a hit at 20 px, as the toolkit computes it.
+    assert summary["MPR"] == pytest.approx(1.0)
+    lasher = evaluate_results([_seq("s", gt, dataset="lasher")], {"s": pred})
+    assert lasher["SR"] == pytest.approx(60 / 63)  # LasHeR: the previous box is substituted
+
+
+def test_gtot_precision_is_strictly_below_5_px():
+    gt = np.array([[0, 0, 10, 10]] * 2, float)
+    pred = np.array([[0, 0, 10, 10], [5, 0, 10, 10]], float)  # frame 1 exactly 5 px off
+    summary = evaluate_results([_seq("s", gt, dataset="gtot")], {"s": pred})
+    assert summary["PR"] == pytest.approx(0.5) and summary["MPR"] == pytest.approx(0.5)
+    assert precision_curve(pred, gt, [5.0], strict=True)[0] == pytest.approx(0.5)
+    assert precision_curve(pred, gt, [5.0])[0] == pytest.approx(1.0)  # other benchmarks: <= θ
+
+
+def test_gtot_success_pools_frames_with_the_trapezoid_rule():
+    a = _seq("a", [[0, 0, 10, 10]] * 2, dataset="gtot")
+    b = _seq("b", [[0, 0, 10, 10]] * 4, dataset="gtot")
+    results = {"a": np.array([[0, 0, 10, 10], [5, 0, 10, 10]], float), "b": np.array([[0, 0, 10, 10]] * 4, float)}
+    summary = evaluate_results([a, b], results)
+    # IoUs over the 6 pooled frames: 1 x 5 and 50 / 150 = 1/3. S(τ) = 1 for τ <= 0.3 (7 thresholds), 5/6 for
+    # 0.35..0.95 (13), 0 at 1. Trapezoid over the 21 thresholds: (6 + 11/12 + 12 * 5/6 + 5/12) / 20 = 13/15.
+    expected = np.array([1.0] * 7 + [5 / 6] * 13 + [0.0])
+    assert summary["success_curve"].tolist() == pytest.approx(expected.tolist())
+    assert summary["MSR"] == pytest.approx(13 / 15) and summary["SR"] == pytest.approx(13 / 15)
