@@ -558,6 +558,89 @@ def apply_checkpoint(srft: SRFTModel, checkpoint: SignificanceCheckpoint) -> Pri
     return prior
 
 
+# --- training (resume) states ---------------------------------------------------------------------------------------
+def check_prior(engine: SRFTEngine, prior: PriorSignificance, where: str) -> None:
+    """Raise ``ValueError`` (prefixed by ``where``) naming the first parameter whose significance does not fit
+    ``engine``: a missing or extra entry, another kind, a shape, a non-finite or negative curvature."""
+    if not isinstance(prior, PriorSignificance):
+        raise TypeError(f"{where}: expected a PriorSignificance, got {type(prior).__name__}")
+    c = prior.normalizer
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
+        raise ValueError(f"{where}: normalizer must be a finite positive number, got {c!r}")
+    targets = prior_targets(engine)
+    names = {t.name for t in targets}
+    extra = next((n for n in prior.entries if n not in names), None)
+    if extra is not None:
+        raise ValueError(f"{where}: parameter {extra!r} has a significance but is not regularized by this model")
+    for t in targets:
+        e = prior.entries.get(t.name)
+        if e is None:
+            raise ValueError(f"{where}: parameter {t.name!r} is regularized here but has no significance")
+        kind = "kfac" if isinstance(e, KFACSignificance) else "diagonal"
+        if kind != t.kind:
+            raise ValueError(f"{where}: parameter {t.name!r} is {t.kind!r} here and {kind!r} in the state")
+        if isinstance(e, KFACSignificance):
+            (m, n), (k_out, k_in) = t.matrix_shape, (e.U.shape[-1], e.V.shape[-1])
+            expected = {"U": (m, k_out), "V": (n, k_in), "omega": (k_out, k_in)}
+        else:
+            expected = {"fisher": tuple(t.param.shape)}
+        for key, tensor in e.tensors().items():
+            label = f"{where}: tensor {key!r} of parameter {t.name!r}"
+            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected[key]:
+                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"{label} has shape {got}, expected {expected[key]}")
+            if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{label} must be finite floating point (dtype {tensor.dtype})")
+            if key in ("omega", "fisher") and bool((tensor < 0).any()):
+                raise ValueError(f"{label} must be non-negative, its minimum is {float(tensor.min()):.6g}")
+
+
+def check_training_state(engine: SRFTEngine, state: Any, prior: Optional[PriorSignificance] = None) -> None:
+    """Raise ``ValueError`` naming the key and value unless ``state`` (an ``SRFTEngine.state_dict()``) was written for
+    ``engine``'s parameters; ``prior`` is the significance that will be installed first (default: the current one).
+    Called before anything is assigned, so a state of another model changes nothing."""
+    from .regularizer.lora_term import build_prior_term
+
+    where = "SRFT training state"
+    if not isinstance(state, dict) or not isinstance(state.get("tensors", {}), dict):
+        raise ValueError(f"{where}: expected a dict with 'step' and a 'tensors' dict, got {type(state).__name__}")
+    step, total = state.get("step"), state.get("total_steps")
+    if not _is_count(step):
+        raise ValueError(f"{where}: step must be a non-negative integer, got {step!r}")
+    if total is not None and (not _is_count(total) or total < 1):
+        raise ValueError(f"{where}: total_steps must be a positive integer or None, got {total!r}")
+    if state.get("statistics") not in (None, "own", "optimizer"):
+        raise ValueError(f"{where}: statistics must be 'own', 'optimizer' or None, got {state.get('statistics')!r}")
+    if prior is not None:
+        check_prior(engine, prior, where)
+    term = build_prior_term(engine.targets, engine.params, engine.names, prior) if prior is not None \
+        else engine.prior_term
+    expected: dict[str, tuple[tuple[int, ...], Optional[torch.dtype]]] = {
+        "transfer.v": ((sum(p.numel() for p in engine.params),), None)}
+    for name, p in zip(engine.names, engine.params):
+        expected[f"transfer.rank_codes.{name}"] = (tuple(p.shape), torch.int16)
+        expected[f"transfer.rank_m.{name}"] = (tuple(p.shape), None)  # states written before the int16 cache
+    if term is not None:
+        expected.update({f"anchor.{k}": (tuple(t.shape), None) for k, t in term.state_tensors().items()})
+    for key, t in state.get("tensors", {}).items():
+        if key not in expected:
+            hint = " (no prior significance is set)" if key.startswith("anchor.") and term is None else ""
+            raise ValueError(f"{where}: tensor {key!r} does not belong to this model's regularized parameters{hint}")
+        shape, dtype = expected[key]
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{where}: {key!r} must be a tensor, got {type(t).__name__}")
+        if dtype is not None and (t.dtype != dtype or tuple(t.shape) != shape):
+            raise ValueError(f"{where}: tensor {key!r} must be an {str(dtype).removeprefix('torch.')} tensor of shape "
+                             f"{shape}, got {t.dtype} {tuple(t.shape)}")
+        if (tuple(t.shape) if key != "transfer.v" else (t.numel(),)) != shape:
+            raise ValueError(f"{where}: tensor {key!r} has shape {tuple(t.shape)}, this model needs {shape}")
+        if dtype is None and (not t.is_floating_point() or not bool(torch.isfinite(t).all())):
+            raise ValueError(f"{where}: tensor {key!r} must be finite floating point (dtype {t.dtype})")
+        if key == "transfer.v" and bool((t < 0).any()):
+            raise ValueError(f"{where}: tensor 'transfer.v' (squared gradients) must be non-negative, its minimum is "
+                             f"{float(t.min()):.6g}")
+
+
 # --- the methods SRFTModel gets -------------------------------------------------------------------------------------
 class SignificanceCheckpointMixin:
     """``save_pretrained`` / ``from_pretrained`` / ``load_significance`` / ``push_to_hub`` for :class:`SRFTModel`."""
