@@ -37,7 +37,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -67,7 +67,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 #: Keys of ``srft_config.json`` besides the SRFTConfig fields.
 METADATA_KEYS = ("format_version", "library_name", "library_version", "base_model", "calibration", "normalizer",
-                 "dtypes", "fingerprint", "entries", "transfer_state")
+                 "dtypes", "fingerprint", "entries", "transfer_state", "significance_sha256")
 #: The SRFTConfig fields, stored at the top level of ``srft_config.json``.
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SRFTConfig))
 #: Keys a checkpoint cannot be read without.
@@ -184,8 +184,18 @@ def save_significance(srft: SRFTModel, save_directory: PathLike, include_transfe
         "entries": {name: entry_metadata(e, shapes[name]) for name, e in entries.items()},
         "transfer_state": transfer_state,
     }
-    files = {SIGNIFICANCE_NAME: {k: t.detach().cpu().contiguous() for k, t in tensors.items()},
-             MODEL_CARD_NAME: model_card(meta, repo_id), CONFIG_NAME: json.dumps(meta, indent=2) + "\n"}
+    tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
+
+    def write_tensors(path: Path) -> None:
+        save_file(tensors, str(path), metadata={"format": "pt", "srft_format_version": str(FORMAT_VERSION)})
+
+    def write_config(path: Path) -> None:  # records the tensors file's hash: a folder mixing two saves is refused
+        meta["significance_sha256"] = file_sha256(path.with_name(SIGNIFICANCE_NAME))
+        path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    card = model_card(meta, repo_id)
+    files = {SIGNIFICANCE_NAME: write_tensors, MODEL_CARD_NAME: lambda path: path.write_text(card, encoding="utf-8"),
+             CONFIG_NAME: write_config}
     folder = Path(save_directory)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"cannot save the significance checkpoint to {str(folder)!r}: it is a file")
@@ -206,35 +216,46 @@ def is_generated_card(path: Path) -> bool:
         return False
 
 
-def write_atomically(folder: Path, files: dict[str, Union[str, dict[str, torch.Tensor]]]) -> None:
-    """Write ``files`` (text, or tensors for safetensors) into a temporary folder beside ``folder``, then move them in.
+def write_atomically(folder: Path, writers: dict[str, Callable[[Path], None]]) -> None:
+    """Run each ``writers[name](path)`` (in order) to write ``name`` into a temporary folder beside ``folder``, then move
+    the files in (a new ``folder`` is the temporary folder renamed).
 
     A failure while writing (a full disk) leaves ``folder`` as it was (a new folder is not created) and raises
-    ``OSError`` naming ``folder``; files of ``folder`` that are not in ``files`` are never touched.
+    ``OSError`` naming ``folder``; files of ``folder`` that are not in ``writers`` are never touched.
     """
     parent = folder.absolute().parent
+    where = f"cannot save the significance checkpoint to {str(folder)!r}"
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = parent / f".{folder.name}.srft-tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
     except OSError as e:
-        raise OSError(f"cannot save the significance checkpoint to {str(folder)!r}: {e}") from e
+        raise OSError(f"{where}: {e}") from e
     try:
-        for name, content in files.items():
-            if isinstance(content, str):
-                (tmp / name).write_text(content, encoding="utf-8")
+        try:
+            for name, write in writers.items():
+                write(tmp / name)
+        except (OSError, SafetensorError) as e:
+            raise OSError(f"{where} (nothing there was changed): {e}") from e
+        try:
+            if folder.exists():
+                for name in writers:  # in the writers' order: the config (what makes a folder a checkpoint) last
+                    os.replace(tmp / name, folder / name)
             else:
-                save_file(content, str(tmp / name), metadata={"format": "pt", "srft_format_version": str(FORMAT_VERSION)})
-        if folder.exists():
-            for name in files:  # the tensors first, the config (what makes a folder a checkpoint) last
-                os.replace(tmp / name, folder / name)
-        else:
-            os.replace(tmp, folder)
-    except (OSError, SafetensorError) as e:
-        raise OSError(f"cannot save the significance checkpoint to {str(folder)!r} (nothing there was changed): "
-                      f"{e}") from e
+                os.replace(tmp, folder)
+        except OSError as e:
+            raise OSError(f"{where}: moving the written files in failed: {e}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (hex), read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def model_card(meta: dict[str, Any], repo_id: Optional[str] = None) -> str:
@@ -392,6 +413,10 @@ def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
     check("normalizer", isinstance(normalizer, (int, float)) and not isinstance(normalizer, bool)
           and math.isfinite(normalizer) and normalizer > 0, "a finite positive number")
     check("library_version", isinstance(meta.get("library_version", ""), str), "a string")
+    digest = meta.get("significance_sha256")
+    check("significance_sha256", digest is None or (isinstance(digest, str) and len(digest) == 64
+                                                    and all(c in "0123456789abcdef" for c in digest)),
+          "a sha256 hex digest or null")
     cal, base, dtypes = meta.get("calibration"), meta.get("base_model"), meta.get("dtypes")
     check("calibration", cal is None or isinstance(cal, dict), "an object or null")
     for key in ("num_examples", "num_batches"):
@@ -473,6 +498,10 @@ def read_checkpoint(folder: PathLike) -> SignificanceCheckpoint:
     if extra:
         raise ValueError(f"{tensors_path}: unexpected tensor {extra[0]!r} (not described by the entries of "
                          f"{CONFIG_NAME})")
+    digest = meta.get("significance_sha256")
+    if digest is not None and digest != file_sha256(tensors_path):
+        raise ValueError(f"{tensors_path} is not the file {path} was saved with (sha256 differs): the folder mixes "
+                         "two checkpoints or the file was replaced")
 
     prior_entries: dict[str, KFACSignificance | DiagonalSignificance] = {}
     for name, e in entries.items():

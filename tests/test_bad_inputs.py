@@ -273,6 +273,19 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatc
     assert not torch.equal(loaded.prior.entries["fc1.weight"].omega, b.prior.entries["fc1.weight"].omega)
 
 
+def test_a_folder_mixing_two_saves_is_refused(tmp_path: Path, target: SRFTModel) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_srft("kfac").save_pretrained(a)
+    make_srft("kfac", data_seed=5).save_pretrained(b)
+    shutil.copy(b / CONFIG_NAME, a / CONFIG_NAME)  # B's config beside A's tensors (same model: same fingerprint)
+    files = files_of(a)
+    before = snapshot(target)
+    with raises_naming(ValueError, str(a / SIGNIFICANCE_NAME), "sha256", "mixes two checkpoints"):
+        target.load_significance(a)
+    assert_unchanged(target, before)
+    assert files_of(a) == files
+
+
 def test_a_failed_save_into_a_new_folder_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fail_mid_save(monkeypatch)
     folder = tmp_path / "new" / "ckpt"
