@@ -319,3 +319,30 @@ def test_a_users_readme_is_kept_and_our_card_is_refreshed(tmp_path: Path) -> Non
     second = (other / MODEL_CARD_NAME).read_text()
     assert "not included" in first and "included (step" in second  # our own card is rewritten
 
+
+
+def test_lora_transfer_state_of_another_adapter_rank(tmp_path: Path) -> None:
+    """Same base weights (same prior, same fingerprint), adapters of another rank: v does not fit and is refused."""
+    peft = pytest.importorskip("peft")
+
+    def lora_srft(rank: int, train_steps: int = 0) -> SRFTModel:
+        model = peft.get_peft_model(tiny(), peft.LoraConfig(r=rank, lora_alpha=4, target_modules=["fc1", "fc2"],
+                                                             lora_dropout=0.0))
+        srft = get_srft_model(model, SRFTConfig(prior_rank=3, total_steps=20))
+        srft.estimate_prior(batches(), progress=False)
+        opt = torch.optim.SGD(srft.parameters(), lr=0.05)
+        srft.attach(opt)
+        for x in batches(seed=7, n=train_steps):
+            opt.zero_grad()
+            srft(x).pow(2).mean().backward()
+            opt.step()
+        srft.detach()
+        return srft
+
+    lora_srft(rank=2, train_steps=1).save_pretrained(tmp_path, include_transfer_state=True)
+    target = lora_srft(rank=4, train_steps=2)
+    before = snapshot(target)
+    with raises_naming(ValueError, SIGNIFICANCE_NAME, "'transfer.v.base_model.model.fc1.lora_A.default.weight'",
+                       "(2, 6)", "(4, 6)"):
+        target.load_significance(tmp_path)
+    assert_unchanged(target, before)
