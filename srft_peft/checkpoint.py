@@ -608,6 +608,10 @@ def check_prior(engine: SRFTEngine, prior: PriorSignificance, where: str) -> Non
         kind = "kfac" if isinstance(e, KFACSignificance) else "diagonal"
         if kind != t.kind:
             raise ValueError(f"{where}: parameter {t.name!r} is {t.kind!r} here and {kind!r} in the state")
+        not_tensor = next((k for k, x in e.tensors().items() if not isinstance(x, torch.Tensor)), None)
+        if not_tensor is not None:
+            raise ValueError(f"{where}: {not_tensor!r} of parameter {t.name!r} must be a tensor, got "
+                             f"{type(e.tensors()[not_tensor]).__name__}")
         if isinstance(e, KFACSignificance):
             (m, n), (k_out, k_in) = t.matrix_shape, (e.U.shape[-1], e.V.shape[-1])
             expected = {"U": (m, k_out), "V": (n, k_in), "omega": (k_out, k_in)}
@@ -615,9 +619,8 @@ def check_prior(engine: SRFTEngine, prior: PriorSignificance, where: str) -> Non
             expected = {"fisher": tuple(t.param.shape)}
         for key, tensor in e.tensors().items():
             label = f"{where}: tensor {key!r} of parameter {t.name!r}"
-            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected[key]:
-                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-                raise ValueError(f"{label} has shape {got}, expected {expected[key]}")
+            if tuple(tensor.shape) != expected[key]:
+                raise ValueError(f"{label} has shape {tuple(tensor.shape)}, expected {expected[key]}")
             if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"{label} must be finite floating point (dtype {tensor.dtype})")
             if key in ("omega", "fisher") and bool((tensor < 0).any()):
@@ -651,7 +654,12 @@ def check_training_state(engine: SRFTEngine, state: Any, prior: Optional[PriorSi
         expected[f"transfer.rank_m.{name}"] = (tuple(p.shape), None)  # states written before the int16 cache
     if term is not None:
         expected.update({f"anchor.{k}": (tuple(t.shape), None) for k, t in term.state_tensors().items()})
-    for key, t in state.get("tensors", {}).items():
+    tensors = state.get("tensors", {})
+    anchors = [k for k in expected if k.startswith("anchor.")]
+    if any(k.startswith("anchor.") for k in tensors) and not all(k in tensors for k in anchors):
+        missing = next(k for k in anchors if k not in tensors)
+        raise ValueError(f"{where}: holds anchors but not {missing!r} (another prior's layout?)")
+    for key, t in tensors.items():
         if key not in expected:
             hint = " (no prior significance is set)" if key.startswith("anchor.") and term is None else ""
             raise ValueError(f"{where}: tensor {key!r} does not belong to this model's regularized parameters{hint}")

@@ -220,6 +220,10 @@ RESUME = {
     "negative step": (lambda t: engine_state_with(t, lambda s: s["engine"].update(step=-1)), ("step", "-1")),
     "anchor of other shape": (lambda t: engine_state_with(t, lambda s: s["engine"]["tensors"].update(
         {"anchor.diag0.theta0": torch.zeros(3)})), ("'anchor.diag0.theta0'", "(3,)")),
+    "missing anchor": (lambda t: engine_state_with(t, lambda s: drop(s["engine"]["tensors"], "anchor.group0.P0")),
+                       ("'anchor.group0.P0'",)),
+    "U that is a list": (lambda t: engine_state_with(t, lambda s: s["prior"]["entries"]["fc1.weight"].update(
+        U=[[0.0]])), ("'U'", "'fc1.weight'", "must be a tensor", "list")),
     "prior without entries": (lambda t: engine_state_with(t, lambda s: drop(s["prior"], "entries")),
                               ("malformed 'prior'", "entries")),
     "negative omega in prior": (lambda t: engine_state_with(
@@ -232,7 +236,7 @@ RESUME = {
 
 
 ENGINE_LEVEL = [RESUME[k][0] for k in ("unknown tensor", "v of other size", "NaN v", "negative step",
-                                       "anchor of other shape")]
+                                       "anchor of other shape", "missing anchor")]
 
 
 @pytest.mark.parametrize("make_state, needles", list(RESUME.values()), ids=list(RESUME))
