@@ -4,14 +4,15 @@ A checkpoint is a folder (or a Hugging Face Hub repo) with three files:
 
 * ``srft_config.json``: every :class:`SRFTConfig` field plus the metadata in :data:`METADATA_KEYS` (format and library
   version, base model, calibration, normalizer c, dtypes, a fingerprint of the regularized parameters, per-parameter
-  entries and whether a transfer state is included);
+  entries, whether a transfer state is included, the sha256 of the tensors file);
 * ``significance.safetensors``: ``<param>.U``, ``<param>.V``, ``<param>.omega`` per K-FAC matrix, ``<param>.fisher``
   per diagonal tensor and, optionally, ``transfer.step`` and ``transfer.v.<param>``;
-* ``README.md``: a model card.
+* ``README.md``: a model card (a user's own README.md is never overwritten).
 
 Not the model weights and not the anchor theta0: the anchor is the base model's weights when the checkpoint is loaded.
-Tensors are read only through safetensors, never unpickled. Loading is strict and atomic: everything is validated
-before anything is set.
+Tensors are read only through safetensors, never unpickled. Saving is atomic (a temporary folder, then renames).
+Loading is strict and atomic: everything is validated before anything is set; :func:`check_training_state` does the
+same for training (resume) states.
 
 Example:
     >>> import tempfile, torch, torch.nn as nn

@@ -272,6 +272,8 @@ class SRFTConfig:
             >>> SRFTConfig.from_dict({"prior_rank": 8}).prior_rank
             8
         """
+        if not isinstance(data, dict):
+            raise TypeError(f"SRFTConfig.from_dict needs a dict, got {type(data).__name__} {data!r:.80}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown and strict:

@@ -110,6 +110,11 @@ def test_config_fields_name_the_bad_value(kwargs: dict, needles: tuple[str, ...]
     assert_unchanged(target, before)
 
 
+def test_from_dict_needs_a_dict() -> None:
+    with raises_naming(TypeError, "from_dict", "list", "['prior_rank', 8]"):
+        SRFTConfig.from_dict(["prior_rank", 8])
+
+
 def test_select_targets_names_an_invalid_regex() -> None:
     with raises_naming(ValueError, "target_modules", "'blocks[0'"):
         select_targets(tiny(), "blocks[0", None)
