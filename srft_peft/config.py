@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -24,6 +25,14 @@ TRANSFER_MODES = ("value", "rank")
 RANK_MAPPINGS = ("scatter", "gather")
 TRANSFER_STATISTICS = ("auto", "own", "optimizer")
 FACTOR_DTYPES = ("float32", "float64")
+
+
+def check_pattern(name: str, pattern: str) -> None:
+    """Raise ``ValueError`` naming ``name`` and ``pattern`` unless ``pattern`` is a valid regular expression."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{name} is not a valid regular expression: {pattern!r} ({e})") from None
 
 
 @dataclass
@@ -203,11 +212,13 @@ class SRFTConfig:
             if value is not None and not isinstance(value, str):
                 if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                     raise ValueError(f"{name} must be a regex string, a list of non-empty names or None, got {value!r}")
+            if isinstance(value, str) and value != "all-linear":
+                check_pattern(name, value)
         if self.prior_rank is not None and (isinstance(self.prior_rank, bool) or not isinstance(self.prior_rank, int)
                                             or self.prior_rank < 1):
             raise ValueError(f"prior_rank must be a positive integer or None, got {self.prior_rank!r}")
-        if self.prior_energy is not None and not (0.0 < self.prior_energy <= 1.0):
-            raise ValueError(f"prior_energy must be in (0, 1] or None, got {self.prior_energy!r}")
+        if self.prior_energy is not None:
+            self._check_range("prior_energy", 0.0, 1.0, low_open=True)
         if self.prior_estimator == "kfac" and self.prior_rank is None and self.prior_energy is None:
             raise ValueError("prior_rank and prior_energy cannot both be None with prior_estimator='kfac'")
         stride = self.factor_token_stride
@@ -240,8 +251,8 @@ class SRFTConfig:
 
     def _check_range(self, name: str, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
         value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"{name} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
         too_low = value <= low if low_open else value < low
         too_high = value >= high if high_open else value > high
         if too_low or too_high:
@@ -261,6 +272,8 @@ class SRFTConfig:
             >>> SRFTConfig.from_dict({"prior_rank": 8}).prior_rank
             8
         """
+        if not isinstance(data, dict):
+            raise TypeError(f"SRFTConfig.from_dict needs a dict, got {type(data).__name__} {data!r:.80}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown and strict:

@@ -45,6 +45,23 @@ class SummaryTable(list):
         return "\n".join([lines[0], "-" * len(lines[0])] + lines[1:])
 
 
+def check_model(model: Any) -> None:
+    """Raise ``TypeError`` naming what was passed unless ``model`` is an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__} {model!r:.80}")
+
+
+def check_estimate_args(dataloader: Any, loss_fn: Any, num_batches: Any) -> None:
+    """Raise naming the argument and its value unless the arguments of ``estimate_prior`` are usable."""
+    if dataloader is None or isinstance(dataloader, (str, bytes)) or not isinstance(dataloader, Iterable):
+        raise TypeError(f"dataloader must be an iterable of batches, got {type(dataloader).__name__} {dataloader!r:.80}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(model, batch) or None, got {loss_fn!r:.80}")
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
+                                    or num_batches < 1):
+        raise ValueError(f"num_batches must be a positive integer or None, got {num_batches!r}")
+
+
 class SRFTModel(SignificanceCheckpointMixin, nn.Module):
     """A model under Significance-Regularized Fine-Tuning. Calls and attributes go to the wrapped model.
 
@@ -55,11 +72,16 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
 
     def __init__(self, model: nn.Module, config: SRFTConfig) -> None:
         super().__init__()
+        check_model(model)
         if not isinstance(config, SRFTConfig):
             raise TypeError(f"config must be an SRFTConfig, got {type(config).__name__}")
-        self.base_model = model
         targets = select_targets(model, config.target_modules, config.exclude_modules, config.prior_estimator)
+        meta = next((t.name for t in targets if t.param.is_meta), None)
+        if meta is not None:
+            raise ValueError(f"parameter {meta!r} is on the meta device (it holds no values): materialize and load the "
+                             "weights (e.g. model.to_empty(device=...) then load_state_dict) before get_srft_model")
         same_device_dtype(targets)
+        self.base_model = model
         object.__setattr__(self, "srft_config", config)
         object.__setattr__(self, "_engine", SRFTEngine(config, targets))
         object.__setattr__(self, "_warned_unattached", False)
@@ -119,6 +141,7 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
         ``loss_fn(model, batch) -> scalar`` is the calibration objective (a batch mean); without it the model's
         ``.loss`` is used when it returns one, else 1/2 ||f(x)||^2 (see ``calibration_objective``).
         """
+        check_estimate_args(dataloader, loss_fn, num_batches)
         prior = estimate_prior_significance(eager_module(self.base_model), calibration_targets(self._engine.targets),
                                             dataloader, self.srft_config, loss_fn=loss_fn, num_batches=num_batches,
                                             progress=progress)
@@ -216,6 +239,7 @@ def get_srft_model(model: nn.Module, config: Optional[SRFTConfig] = None) -> SRF
         >>> srft.regularized_parameters
         ['0.weight', '0.bias']
     """
+    check_model(model)
     if isinstance(model, SRFTModel):
         raise ValueError("the model is already an SRFTModel")
     return SRFTModel(model, config if config is not None else SRFTConfig())

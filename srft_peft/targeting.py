@@ -24,6 +24,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from .config import check_pattern
+
 #: Module names (last component) treated as the output head and left out by the default presets.
 HEAD_MODULE_NAMES = ("head", "heads", "classifier", "box_head", "lm_head", "pooler", "fc", "head_drop")
 
@@ -110,8 +112,12 @@ def select_targets(model: nn.Module, target_modules: Pattern, exclude_modules: P
                    estimator: str = "kfac") -> list[Target]:
     """The parameters SRFT regularizes, in ``model.named_parameters()`` order.
 
-    Raises ``ValueError`` listing some parameter names when a pattern matches nothing.
+    Raises ``ValueError`` naming the pattern when it is not a valid regular expression, and listing some parameter
+    names when a pattern matches nothing.
     """
+    for field_name, pattern in (("target_modules", target_modules), ("exclude_modules", exclude_modules)):
+        if isinstance(pattern, str) and pattern != "all-linear":
+            check_pattern(field_name, pattern)
     owners: dict[int, tuple[str, nn.Module]] = {}
     for module_name, module in model.named_modules():
         for _, p in module.named_parameters(recurse=False):

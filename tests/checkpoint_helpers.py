@@ -1,15 +1,21 @@
-"""Tiny models, priors and Hub-cache layouts shared by the checkpoint, hub and CLI tests."""
+"""Tiny models, priors, Hub-cache layouts and "nothing changed" checks shared by the checkpoint, hub, CLI and
+bad-input tests."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from srft_peft import SRFTConfig, SRFTModel, get_srft_model
+from srft_peft.checkpoint import CONFIG_NAME, SIGNIFICANCE_NAME
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -76,3 +82,44 @@ def hub_cache(cache_dir: Path, repo_id: str, folder: Path, commit: str = COMMIT)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+def rewrite_json(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        meta = json.loads((folder / CONFIG_NAME).read_text())
+        edit(meta)
+        (folder / CONFIG_NAME).write_text(json.dumps(meta))
+    return apply
+
+
+def rewrite_tensors(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        tensors = load_file(folder / SIGNIFICANCE_NAME)
+        edit(tensors)
+        save_file(tensors, folder / SIGNIFICANCE_NAME)
+    return apply
+
+
+def snapshot(srft: SRFTModel) -> dict:
+    return {"prior": srft.prior, "penalty": srft.prior_penalty().detach(), "state": srft.srft_state_dict(),
+            "config": dataclasses.replace(srft.srft_config),
+            "weights": {k: v.clone() for k, v in srft.base_model.state_dict().items()}}
+
+
+def assert_unchanged(srft: SRFTModel, before: dict) -> None:
+    after = snapshot(srft)
+    assert after["prior"] is before["prior"]
+    assert torch.equal(after["penalty"], before["penalty"]) and float(before["penalty"]) > 0
+    assert after["config"] == before["config"]
+    for key in ("step", "total_steps", "statistics"):
+        assert after["state"][key] == before["state"][key]
+    assert after["state"]["tensors"].keys() == before["state"]["tensors"].keys()
+    for key, t in before["state"]["tensors"].items():
+        assert torch.equal(after["state"]["tensors"][key], t), key
+    for key, t in before["weights"].items():
+        assert torch.equal(after["weights"][key], t), key
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes): compared before and after to show nothing was written."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

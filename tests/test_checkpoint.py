@@ -4,20 +4,18 @@ loading of bad inputs."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import pickle
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import timm
 import torch
-from checkpoint_helpers import make_srft, perturb_, tiny
-from safetensors.torch import load_file, save_file
+from checkpoint_helpers import assert_unchanged, batches, make_srft, perturb_, rewrite_json, rewrite_tensors, snapshot, tiny
+from safetensors.torch import load_file
 from torch import nn
 
 from srft_peft import SRFTConfig, SRFTModel, get_srft_model, load_significance_checkpoint
@@ -183,22 +181,6 @@ def test_saving_needs_a_prior(tmp_path: Path) -> None:
 
 
 # --- bad inputs: a clear error, and nothing changed -----------------------------------------------------------------
-def rewrite_json(edit: Callable[[dict], object]) -> Callable[[Path], None]:
-    def apply(folder: Path) -> None:
-        meta = json.loads((folder / CONFIG_NAME).read_text())
-        edit(meta)
-        (folder / CONFIG_NAME).write_text(json.dumps(meta))
-    return apply
-
-
-def rewrite_tensors(edit: Callable[[dict], object]) -> Callable[[Path], None]:
-    def apply(folder: Path) -> None:
-        tensors = load_file(folder / SIGNIFICANCE_NAME)
-        edit(tensors)
-        save_file(tensors, folder / SIGNIFICANCE_NAME)
-    return apply
-
-
 def truncate(folder: Path) -> None:
     data = (folder / SIGNIFICANCE_NAME).read_bytes()
     (folder / SIGNIFICANCE_NAME).write_bytes(data[: len(data) // 2])
@@ -260,26 +242,6 @@ def target() -> SRFTModel:
     return make_srft("kfac", data_seed=5, train_steps=2)
 
 
-def snapshot(srft: SRFTModel) -> dict:
-    return {"prior": srft.prior, "penalty": srft.prior_penalty().detach(), "state": srft.srft_state_dict(),
-            "config": dataclasses.replace(srft.srft_config),
-            "weights": {k: v.clone() for k, v in srft.base_model.state_dict().items()}}
-
-
-def assert_unchanged(srft: SRFTModel, before: dict) -> None:
-    after = snapshot(srft)
-    assert after["prior"] is before["prior"]
-    assert torch.equal(after["penalty"], before["penalty"]) and float(before["penalty"]) > 0
-    assert after["config"] == before["config"]
-    for key in ("step", "total_steps", "statistics"):
-        assert after["state"][key] == before["state"][key]
-    assert after["state"]["tensors"].keys() == before["state"]["tensors"].keys()
-    for key, t in before["state"]["tensors"].items():
-        assert torch.equal(after["state"]["tensors"][key], t), key
-    for key, t in before["weights"].items():
-        assert torch.equal(after["weights"][key], t), key
-
-
 @pytest.fixture(scope="module")
 def good_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("good")
@@ -337,3 +299,45 @@ def test_unknown_keys_warn_and_load(tmp_path: Path) -> None:
         prior = target.load_significance(tmp_path)
     assert target.prior is prior
     assert_prior_equal(prior, src.prior)
+
+
+# --- peft LoRA: the prior is keyed by the base weights, v by the adapter factors --------------------------------------
+def lora_srft(seed: int = 0, train_steps: int = 0) -> SRFTModel:
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny(seed), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"],
+                                                             lora_dropout=0.0))
+    srft = get_srft_model(model, SRFTConfig(prior_rank=3, total_steps=20))
+    srft.estimate_prior(batches(seed + 1), progress=False)
+    if train_steps:
+        opt = torch.optim.SGD(srft.parameters(), lr=0.05)
+        srft.attach(opt)
+        for x in batches(seed=7, n=train_steps):
+            opt.zero_grad()
+            srft(x).pow(2).mean().backward()
+            opt.step()
+        srft.detach()
+    return srft
+
+
+def test_lora_significance_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from srft_peft.cli import main
+
+    src = lora_srft(train_steps=2)
+    assert {t.kind for t in src._engine.targets} == {"lora_A", "lora_B"}
+    src.save_pretrained(tmp_path, include_transfer_state=True)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert sorted(meta["entries"]) == ["base_model.model.fc1.base_layer.weight", "base_model.model.fc2.base_layer.weight"]
+
+    loaded = lora_srft(seed=4)  # another prior, no transfer state
+    prior = loaded.load_significance(tmp_path)
+    assert_prior_equal(prior, src.prior)
+    assert loaded.step == src.step == 2 and torch.equal(loaded._engine.v_flat, src._engine.v_flat)
+
+    fresh = lora_srft(seed=4).base_model  # the same LoRA architecture, weights as they are
+    again = SRFTModel.from_pretrained(fresh, tmp_path, lambda_prior=0.5)
+    assert_prior_equal(again.prior, src.prior)
+    assert again.srft_config.lambda_prior == 0.5 and again.step == 2
+
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "base_model.model.fc1.base_layer.weight" in out and "step 2, v for every parameter" in out

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..checkpoint import check_training_state
 from ..model import SRFTModel
 from ..significance.prior import DiagonalSignificance, KFACSignificance, PriorSignificance
 
@@ -73,15 +74,19 @@ def prior_to_state(prior: PriorSignificance) -> dict[str, Any]:
 
 
 def prior_from_state(state: dict[str, Any]) -> PriorSignificance:
+    """The inverse of :func:`prior_to_state`; a malformed state raises ``ValueError`` naming what is wrong."""
     entries: dict[str, KFACSignificance | DiagonalSignificance] = {}
-    for name, e in state["entries"].items():
-        if e["kind"] == "kfac":
-            entries[name] = KFACSignificance(name, e["U"], e["V"], e["omega"], e["retained_energy"])
-        else:
-            entries[name] = DiagonalSignificance(name, e["fisher"], e["source"])
-    return PriorSignificance(entries, normalizer=state["normalizer"], num_examples=state["num_examples"],
-                             num_batches=state["num_batches"], objective=state["objective"],
-                             normalized=state["normalized"])
+    try:
+        for name, e in state["entries"].items():
+            if e["kind"] == "kfac":
+                entries[name] = KFACSignificance(name, e["U"], e["V"], e["omega"], e["retained_energy"])
+            else:
+                entries[name] = DiagonalSignificance(name, e["fisher"], e["source"])
+        return PriorSignificance(entries, normalizer=state["normalizer"], num_examples=state["num_examples"],
+                                 num_batches=state["num_batches"], objective=state["objective"],
+                                 normalized=state["normalized"])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"SRFT training state: malformed 'prior' ({type(e).__name__}: {e})") from None
 
 
 def _tensors(tree: Any) -> list[torch.Tensor]:
@@ -113,10 +118,14 @@ class SRFTState:
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
         engine = self.srft._engine
-        if "prior" in state:
+        if not isinstance(state, dict) or "engine" not in state:
+            raise ValueError(f"SRFT training state: expected a dict with 'engine' (and 'prior'), got {type(state).__name__}")
+        prior = prior_from_state(state["prior"]) if "prior" in state else None
+        check_training_state(engine, state["engine"], prior)  # all of it, before the prior is replaced
+        if prior is not None:
             with warnings.catch_warnings():  # the anchors are restored right below, not taken from the weights
                 warnings.filterwarnings("ignore", message="SRFT: the prior is set after")
-                engine.set_prior(prior_from_state(state["prior"]))
+                engine.set_prior(prior)
         engine.load_state_dict(state["engine"])
 
 

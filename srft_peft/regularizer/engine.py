@@ -352,6 +352,9 @@ class SRFTEngine:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        from ..checkpoint import check_training_state
+
+        check_training_state(self, state)  # a state of another model raises here, before anything is assigned
         tensors = state.get("tensors", {})
         if "transfer.v" in tensors:
             v = tensors["transfer.v"]

@@ -558,6 +558,7 @@ class FinetuneConfig:
         unknown = sorted(set(self.srft_overrides) - {f.name for f in dataclasses.fields(SRFTConfig)})
         if unknown:
             raise ValueError(f"srft_overrides has unknown SRFTConfig fields {unknown}")
+        method_srft_config(self.method, self.steps, self.srft_overrides)  # a bad value (e.g. inf) fails here, not later
 
     @property
     def learning_rate(self) -> float:
