@@ -74,6 +74,8 @@ def _records(run: Any, where: str) -> Mapping[str, Mapping[str, float]]:
     if not isinstance(run, Mapping):
         raise TypeError(f"{where}: expected a mapping sequence -> scores, got {type(run).__name__}")
     inner = run.get("per_sequence")
+    if inner is None and "num_sequences" in run:
+        raise ValueError(f"{where}: an evaluate_results summary without its 'per_sequence' scores; keep them to pair runs")
     records = inner if isinstance(inner, Mapping) else run
     if not records:
         raise ValueError(f"{where}: no sequences")

@@ -160,6 +160,13 @@ def test_accepts_evaluate_results_summaries():
     assert summarize({"b": b}, "PR")["b"].mean == pytest.approx(b[0]["PR"])
 
 
+def test_summary_without_per_sequence_is_refused():
+    seqs = [_toy_sequence("p")]
+    summary = {k: v for k, v in evaluate_results(seqs, {"p": seqs[0].gt}).items() if k != "per_sequence"}
+    with pytest.raises(ValueError, match="'a' seed 0: an evaluate_results summary without its 'per_sequence' scores"):
+        paired_difference({0: summary}, {0: summary}, "SR")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Errors name the bad value, and nothing is changed
 # ---------------------------------------------------------------------------------------------------------------------
