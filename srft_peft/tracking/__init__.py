@@ -17,6 +17,19 @@ from .checkpoint_io import (
     read_weights_only,
     save_tracker,
 )
+from .compare import (
+    ClaimVerdict,
+    MethodComparison,
+    MethodSummary,
+    ModalityVerdict,
+    PairedDifference,
+    bootstrap_means,
+    compare_methods,
+    decide_claim,
+    format_comparison_table,
+    paired_difference,
+    summarize,
+)
 from .crops import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -113,6 +126,9 @@ __all__ = [
     "evaluate_results", "PROTOCOLS", "Protocol", "precision_curve", "normalized_precision_curve", "success_curve",
     "auc", "long_term_precision_recall", "box_iou", "center_error", "normalized_center_error",
     "plot_success", "plot_precision", "plot_summaries",
+    # paired comparisons of methods (compare.py)
+    "paired_difference", "bootstrap_means", "summarize", "decide_claim", "compare_methods", "format_comparison_table",
+    "PairedDifference", "MethodSummary", "ModalityVerdict", "ClaimVerdict", "MethodComparison",
     # training recipes (training.py)
     "finetune_rgbx", "FinetuneConfig", "pretrain_rgb", "PretrainConfig", "ensure_pretrained_rgb", "load_pretrained_rgb",
     "build_finetune_model", "method_srft_config", "format_results_table", "METHODS", "SRFT_PRESETS",
