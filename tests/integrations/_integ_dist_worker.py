@@ -42,7 +42,7 @@ def main(out: str) -> None:
     engine = srft._engine
     state_ptrs = {t.data_ptr() for t in [engine.v_flat, *engine.prior_term.state_tensors().values()]}
     buffer_ptrs = {b.data_ptr() for b in model.module.buffers()}
-    keys_ok = all(k.startswith("base_model.") for k in model.module.state_dict())
+    keys_ok = list(model.module.state_dict()) == list(model.module.base_model.state_dict())  # the model only
     marker = float(rank + 1)
     engine.v_flat[0] = marker
     model(**calibration_batches(1)[0])  # a DDP forward: broadcasts rank 0's buffers to rank 1

@@ -147,6 +147,24 @@ def test_trainer_resume_restores_srft_state(accelerate_state, tmp_path):
     torch.testing.assert_close(flat_params(fresh), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_trainer_save_model_and_checkpoints_load_with_from_pretrained(accelerate_state, tmp_path):
+    from transformers import ViTForImageClassification
+
+    srft = make_srft("loss", total_steps=STEPS)
+    initial = {k: v.clone() for k, v in srft.state_dict().items()}
+    trainer = _trainer(srft, _args(tmp_path / "out", save_strategy="steps", save_steps=STEPS),
+                       callbacks=[SRFTCallback(srft)])
+    trainer.train()
+    trainer.save_model()  # what push_to_hub() uploads: args.output_dir
+    tuned = srft.base_model.state_dict()
+    for folder in (tmp_path / "out", tmp_path / "out" / f"checkpoint-{STEPS}"):
+        loaded, info = ViTForImageClassification.from_pretrained(folder, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], (folder, info)
+        state = loaded.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in tuned.items()), folder
+        assert any(not torch.equal(state[k], v) for k, v in initial.items()), folder
+
+
 def test_callback_refuses_loss_mode_when_the_trainer_bypasses_the_wrapper(accelerate_state, tmp_path):
     srft = make_srft("loss")
     trainer = _trainer(srft.base_model, _args(tmp_path), callbacks=[SRFTCallback(srft)])
@@ -156,9 +174,15 @@ def test_callback_refuses_loss_mode_when_the_trainer_bypasses_the_wrapper(accele
 
 def test_callback_grad_mode_works_on_the_bare_model(accelerate_state, tmp_path):
     srft = make_srft("grad", total_steps=STEPS)
-    trainer = _trainer(srft.base_model, _args(tmp_path), callbacks=[SRFTCallback(srft)])
+    reference = make_srft("grad")  # the prior at the pretrained weights, to measure both runs with
+    trainer = _trainer(srft.base_model, _args(tmp_path / "srft"), callbacks=[SRFTCallback(srft)])
     trainer.train()
     assert srft.step == STEPS
+    plain, _ = _train(tmp_path / "plain", None)
+    with torch.no_grad():  # the significance-weighted distance from theta0 of the plain run
+        for p, q in zip(reference.base_model.parameters(), plain.parameters()):
+            p.copy_(q)
+    assert float(srft.prior_penalty().detach()) < 0.5 * float(reference.prior_penalty().detach())
 
 
 def test_calibration_batches_are_trainer_compatible():
