@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 import torch
-from _integ_common import calibration_batches, examples, flat_params, make_srft, tiny_vit
+from _integ_common import calibration_batches, examples, flat_params, make_hf_srft, tiny_hf_vit
 
 from srft_peft import SRFTModel
 from srft_peft.integrations.transformers import SRFT_STATE_NAME, SRFTCallback
@@ -53,7 +53,7 @@ def _count_steps(srft: SRFTModel) -> list:
 def test_trainer_sees_the_wrapped_models_signature(accelerate_state, tmp_path):
     from transformers.utils import can_return_loss, find_labels
 
-    srft = make_srft("loss")
+    srft = make_hf_srft("loss")
     base_signature = inspect.signature(type(srft.base_model).forward)
     assert inspect.signature(type(srft).forward) == base_signature
     assert list(inspect.signature(srft.forward).parameters) == list(base_signature.parameters)[1:]
@@ -63,7 +63,7 @@ def test_trainer_sees_the_wrapped_models_signature(accelerate_state, tmp_path):
     trainer = _trainer(srft, _args(tmp_path), callbacks=[SRFTCallback(srft)])
     assert trainer.label_names == ["labels"]
     assert trainer.model_accepts_loss_kwargs is False  # apply="loss": the Trainer divides by the accumulation steps
-    grad_srft = make_srft("grad")
+    grad_srft = make_hf_srft("grad")
     assert _trainer(grad_srft, _args(tmp_path)).model_accepts_loss_kwargs is True  # as for the bare ViT
     for clone in (copy.deepcopy(srft), pickle.loads(pickle.dumps(srft))):
         assert type(clone) is type(srft)
@@ -71,7 +71,7 @@ def test_trainer_sees_the_wrapped_models_signature(accelerate_state, tmp_path):
 
 
 def test_trainer_default_columns_train_and_evaluate(accelerate_state, tmp_path):
-    srft = make_srft("loss", total_steps=STEPS)
+    srft = make_hf_srft("loss", total_steps=STEPS)
     calls = _count_steps(srft)
     trainer = _trainer(srft, _args(tmp_path, batch=4, accumulation=2), callbacks=[SRFTCallback(srft)],
                        eval_dataset=_dataset(16))
@@ -86,11 +86,11 @@ def test_trainer_default_columns_train_and_evaluate(accelerate_state, tmp_path):
 def _train(tmp_path, apply: str | None, accumulation: int = 1, lambda_prior: float = 200.0):
     """apply=None: the plain model (no SRFT)."""
     if apply is None:
-        model = tiny_vit()
+        model = tiny_hf_vit()
         trainer = _trainer(model, _args(tmp_path, batch=8 // accumulation, accumulation=accumulation))
         trainer.train()
         return model, None
-    srft = make_srft(apply, total_steps=STEPS, lambda_prior=lambda_prior)
+    srft = make_hf_srft(apply, total_steps=STEPS, lambda_prior=lambda_prior)
     calls = _count_steps(srft)
     trainer = _trainer(srft, _args(tmp_path, batch=8 // accumulation, accumulation=accumulation),
                        callbacks=[SRFTCallback(srft)])
@@ -110,7 +110,7 @@ def test_trainer_accumulation_4x2_equals_batch_8(accelerate_state, tmp_path, app
 
 @pytest.mark.parametrize("apply", ["grad", "loss"])
 def test_trainer_regularized_run_stays_closer_to_theta0(accelerate_state, tmp_path, apply):
-    reference = make_srft(apply)  # the prior of the pretrained weights, to measure both runs with
+    reference = make_hf_srft(apply)  # the prior of the pretrained weights, to measure both runs with
     theta0 = flat_params(reference.base_model)
     plain, _ = _train(tmp_path / "plain", None)
     regularized, srft = _train(tmp_path / "srft", apply)
@@ -133,14 +133,14 @@ def test_trainer_resume_restores_srft_state(accelerate_state, tmp_path):
     _, uninterrupted = _train(tmp_path / "full", "grad")
     expected = flat_params(uninterrupted)
 
-    srft = make_srft("grad", total_steps=STEPS)
+    srft = make_hf_srft("grad", total_steps=STEPS)
     args = _args(tmp_path / "run", save_strategy="steps", save_steps=3)
     trainer = _trainer(srft, args, callbacks=[SRFTCallback(srft)])
     trainer.train()
     saved = torch.load(tmp_path / "run" / "checkpoint-3" / SRFT_STATE_NAME, weights_only=True)
     assert saved["engine"]["step"] == 3 and "prior" in saved
 
-    fresh = make_srft("grad", total_steps=STEPS, estimate=False)  # the prior comes from the checkpoint
+    fresh = make_hf_srft("grad", total_steps=STEPS, estimate=False)  # the prior comes from the checkpoint
     trainer = _trainer(fresh, args, callbacks=[SRFTCallback(fresh)])
     trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))
     assert fresh.step == STEPS
@@ -150,7 +150,7 @@ def test_trainer_resume_restores_srft_state(accelerate_state, tmp_path):
 def test_trainer_save_model_and_checkpoints_load_with_from_pretrained(accelerate_state, tmp_path):
     from transformers import ViTForImageClassification
 
-    srft = make_srft("loss", total_steps=STEPS)
+    srft = make_hf_srft("loss", total_steps=STEPS)
     initial = {k: v.clone() for k, v in srft.state_dict().items()}
     trainer = _trainer(srft, _args(tmp_path / "out", save_strategy="steps", save_steps=STEPS),
                        callbacks=[SRFTCallback(srft)])
@@ -166,15 +166,15 @@ def test_trainer_save_model_and_checkpoints_load_with_from_pretrained(accelerate
 
 
 def test_callback_refuses_loss_mode_when_the_trainer_bypasses_the_wrapper(accelerate_state, tmp_path):
-    srft = make_srft("loss")
+    srft = make_hf_srft("loss")
     trainer = _trainer(srft.base_model, _args(tmp_path), callbacks=[SRFTCallback(srft)])
     with pytest.raises(ValueError, match="apply='loss'"):
         trainer.train()
 
 
 def test_callback_grad_mode_works_on_the_bare_model(accelerate_state, tmp_path):
-    srft = make_srft("grad", total_steps=STEPS)
-    reference = make_srft("grad")  # the prior at the pretrained weights, to measure both runs with
+    srft = make_hf_srft("grad", total_steps=STEPS)
+    reference = make_hf_srft("grad")  # the prior at the pretrained weights, to measure both runs with
     trainer = _trainer(srft.base_model, _args(tmp_path / "srft"), callbacks=[SRFTCallback(srft)])
     trainer.train()
     assert srft.step == STEPS
@@ -187,6 +187,6 @@ def test_callback_grad_mode_works_on_the_bare_model(accelerate_state, tmp_path):
 
 def test_calibration_batches_are_trainer_compatible():
     # the HF model returns .loss on these batches, so estimate_prior uses the model's own objective
-    srft = make_srft(estimate=False)
+    srft = make_hf_srft(estimate=False)
     prior = srft.estimate_prior(calibration_batches(), progress=False)
     assert prior.objective == "model_loss"
