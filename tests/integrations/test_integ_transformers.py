@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import inspect
 import pickle
+import shutil
+import types
 
 import pytest
 import torch
@@ -163,6 +165,33 @@ def test_trainer_save_model_and_checkpoints_load_with_from_pretrained(accelerate
         state = loaded.state_dict()
         assert all(torch.equal(state[k], v) for k, v in tuned.items()), folder
         assert any(not torch.equal(state[k], v) for k, v in initial.items()), folder
+
+
+class _FakeHub:
+    """Stands in for ``transformers.trainer.hf_api()``: ``upload_folder`` copies what would be uploaded."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def create_repo(self, repo_id, **kwargs):
+        return types.SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+        return shutil.copytree(folder_path, self.root / repo_id, ignore=shutil.ignore_patterns(*ignore_patterns))
+
+
+def test_trainer_push_to_hub_uploads_a_loadable_model(accelerate_state, tmp_path, monkeypatch):
+    import transformers.trainer
+    from transformers import ViTForImageClassification
+
+    hub = _FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    srft = make_hf_srft("grad", total_steps=STEPS)
+    trainer = _trainer(srft, _args(tmp_path / "out", hub_model_id="user/tiny-vit-srft"), callbacks=[SRFTCallback(srft)])
+    trainer.train()
+    trainer.push_to_hub()
+    loaded = ViTForImageClassification.from_pretrained(tmp_path / "hub" / "user/tiny-vit-srft").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in srft.base_model.state_dict().items())
 
 
 def test_callback_refuses_loss_mode_when_the_trainer_bypasses_the_wrapper(accelerate_state, tmp_path):
