@@ -683,13 +683,17 @@ def check_training_state(engine: SRFTEngine, state: Any, prior: Optional[PriorSi
 class SignificanceCheckpointMixin:
     """``save_pretrained`` / ``from_pretrained`` / ``load_significance`` / ``push_to_hub`` for :class:`SRFTModel`."""
 
-    def save_pretrained(self, save_directory: PathLike, include_transfer_state: bool = False) -> None:
-        """Write the prior significance (and, optionally, the transfer state v and step) to ``save_directory``.
+    def save_pretrained(self, save_directory: PathLike, include_transfer_state: bool = False,
+                        is_main_process: bool = True) -> None:
+        """Write the prior significance (and, optionally, the transfer state v and step) to ``save_directory``; not the
+        model weights (``srft.unload().save_pretrained(...)`` or the base library's own saving write those). Other
+        processes than the main one (``is_main_process=False``, as in peft) write nothing.
 
         Example:
             >>> srft.save_pretrained("ostrack256-rgb-significance")  # doctest: +SKIP
         """
-        save_significance(self, save_directory, include_transfer_state)
+        if is_main_process:
+            save_significance(self, save_directory, include_transfer_state)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,

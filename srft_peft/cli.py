@@ -1,8 +1,8 @@
 """The ``srft-peft`` command line.
 
 ``srft-peft inspect DIR_OR_REPO [--revision R] [--plot out.png]`` prints what a significance checkpoint holds (a header
-and a per-parameter table) straight from its files, without the model; ``--plot`` draws the mean significance per
-parameter (log scale, coloured by kind).
+and a per-parameter table) straight from its files, without the model; ``--plot`` draws it (heat maps of blocks x
+parameter roles, retained eigen-spectra: see :mod:`srft_peft.plots`).
 
 Example:
     >>> main(["inspect", "/no/such/folder"])  # doctest: +SKIP
@@ -20,8 +20,7 @@ from typing import Optional
 
 from .checkpoint import SignificanceCheckpoint, describe_entries, load_significance_checkpoint
 from .model import SummaryTable
-
-KIND_COLOURS = {"kfac": "tab:blue", "diagonal": "tab:orange"}
+from .plots import plot_significance
 
 
 def header(checkpoint: SignificanceCheckpoint, source: str) -> str:
@@ -51,26 +50,6 @@ def header(checkpoint: SignificanceCheckpoint, source: str) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def plot_significance(table: SummaryTable, path: Path, title: str) -> None:
-    """Bar chart of the mean significance per parameter (log scale, coloured by kind; dots mark the max)."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    names = [row["name"] for row in table]
-    x = range(len(names))
-    fig = Figure(figsize=(max(6.0, 0.3 * len(names) + 2.0), 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    ax.bar(x, [row["mean"] for row in table], color=[KIND_COLOURS[row["kind"]] for row in table])
-    maxima = ax.scatter(x, [row["max"] for row in table], color="black", s=8, zorder=3, label="max")
-    ax.set_yscale("log")
-    ax.set_xticks(list(x), names, rotation=90, fontsize=7)
-    ax.set_ylabel("prior significance (normalized)")
-    ax.set_title(title)
-    kinds = [Patch(color=c, label=f"{k} (mean)") for k, c in KIND_COLOURS.items() if any(r["kind"] == k for r in table)]
-    ax.legend(handles=kinds + [maxima], fontsize=8)
-    fig.savefig(path, dpi=120)
-
-
 def inspect(args: argparse.Namespace) -> int:
     checkpoint = load_significance_checkpoint(args.checkpoint, args.revision, cache_dir=args.cache_dir)
     table = SummaryTable(checkpoint.prior.summary_rows())
@@ -78,7 +57,7 @@ def inspect(args: argparse.Namespace) -> int:
     print()
     print(table)
     if args.plot is not None:
-        plot_significance(table, args.plot, f"SRFT prior significance: {args.checkpoint}")
+        plot_significance(checkpoint.prior, args.plot, f"SRFT prior significance: {args.checkpoint}")
         print(f"\nplot written to {args.plot}")
     return 0
 
@@ -91,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="DIR_OR_REPO", help="a folder written by save_pretrained or a Hub repo id")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit); ignored for a folder")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
-    p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="also draw the significance per layer")
+    p.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
+                   help="also draw the significance (blocks x roles, eigen-spectra)")
     p.set_defaults(run=inspect)
     return parser
 
@@ -113,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         print(f"srft-peft: error: {e}", file=sys.stderr)
         return 2
 

@@ -67,7 +67,7 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
 
     Use :func:`get_srft_model` to build one. The regularized parameters are the model's own (no copy); SRFT's state
     (significance, anchors, statistics, step) is kept outside the module's parameters and buffers, so DDP does not
-    broadcast it and ``state_dict()`` holds only the model.
+    broadcast it and ``state_dict()`` holds only the model, in the model's own keys.
     """
 
     def __init__(self, model: nn.Module, config: SRFTConfig) -> None:
@@ -111,6 +111,45 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
     def get_base_model(self) -> nn.Module:
         """The wrapped model, with its (fine-tuned) weights."""
         return self.base_model
+
+    def unload(self) -> nn.Module:
+        """Remove SRFT's optimizer hooks and return the wrapped model, with its fine-tuned weights.
+
+        SRFT adds no modules or hooks to the model itself (it changes the weights the optimizer writes), so, unlike
+        peft, there is nothing to take out of it: the returned model is the plain base model (same object, same
+        class). This `SRFTModel` stays usable: ``attach`` a new optimizer to continue.
+        """
+        self.detach()
+        return self.base_model
+
+    def merge_and_unload(self) -> nn.Module:
+        """Same as :meth:`unload`: SRFT trains the model's own weights, so there is nothing to merge. A peft model
+        inside keeps its adapters: call its own ``merge_and_unload()`` on the result."""
+        return self.unload()
+
+    # --- weights in the wrapped model's own format ------------------------------------------------------------------
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        """The wrapped model's state dict in its own keys (no ``base_model.`` prefix): the weights files that
+        ``transformers.Trainer`` (``save_model``, checkpoints) and ``accelerate.save_state`` write load straight into
+        the base model class. SRFT's own state is not in it (see :meth:`srft_state_dict`)."""
+        out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        inner = prefix + "base_model."
+        for key in [k for k in out if k.startswith(inner)]:
+            out[prefix + key[len(inner):]] = out.pop(key)
+        metadata = getattr(out, "_metadata", None)
+        if metadata is not None:
+            for key in [k for k in metadata if k == inner[:-1] or k.startswith(inner)]:
+                metadata[prefix + key[len(inner):]] = metadata.pop(key)
+        return out
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Accept the wrapped model's own keys (what :meth:`state_dict` writes) as well as ``base_model.``-prefixed
+        ones (older files)."""
+        inner = prefix + "base_model."
+        if not any(k.startswith(inner) for k in state_dict):
+            for key in [k for k in state_dict if k.startswith(prefix)]:
+                state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # --- forward ----------------------------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -222,9 +261,13 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
         parameters' own bytes under ``"parameters"``."""
         return self._engine.memory_bytes()
 
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, all)`` parameter counts of the wrapped model, like peft's."""
+        params = list(self.base_model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
     def print_trainable_parameters(self) -> None:
-        total = sum(p.numel() for p in self.base_model.parameters())
-        trainable = sum(p.numel() for p in self.base_model.parameters() if p.requires_grad)
+        trainable, total = self.get_nb_trainable_parameters()
         regularized = sum(p.numel() for p in self._engine.params)
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
               f" || SRFT-regularized params: {regularized:,d}")

@@ -42,6 +42,27 @@ def _tiny_timm_vit(num_classes: int = 5, depth: int = 2) -> nn.Module:
                              patch_size=8, depth=depth)
 
 
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide singletons (``AcceleratorState``, ``GradientState``); Trainer and every
+    ``Accelerator`` create them once per process."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def accelerate_state():
+    """A fresh accelerate state around the test, one intra-op thread; yields :func:`reset_accelerate_state` for runs
+    that need a fresh state again inside the test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    reset_accelerate_state()
+    yield reset_accelerate_state
+    reset_accelerate_state()
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_vit():
     """Factory of tiny timm ViTs (32 px, patch 8, embed 192) built without weights."""

@@ -82,6 +82,7 @@ def test_bad_checkpoint_exits_2(saved: Path, tmp_path: Path, corrupt, message: s
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_module_entry_point_runs_as_a_process(saved: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "srft_peft.cli", "inspect", str(saved)], capture_output=True,

@@ -22,6 +22,11 @@ How the pieces fit:
   ``apply="grad"`` the prior gradient is not clipped; with ``apply="loss"`` it is part of the clipped gradient).
 * ``on_save`` writes the SRFT state (prior, anchors, statistics, step) to ``srft_state.pt`` in the checkpoint folder;
   ``train(resume_from_checkpoint=...)`` restores it at ``on_train_begin``.
+* The fine-tuned model is the output. ``SRFTModel.state_dict()`` is the wrapped model's own, so the ``model.safetensors``
+  that the Trainer writes (checkpoints, ``save_model``) has the base model's keys; the Trainer writes no config for a
+  model that is not a ``PreTrainedModel``, so ``on_save`` adds the base model's ``config.json`` to every checkpoint and
+  ``on_train_end`` saves the whole base model (``save_pretrained``) to ``output_dir``, where ``save_model()`` and
+  ``push_to_hub()`` write by default: ``<ModelClass>.from_pretrained(folder)`` loads the fine-tuned weights.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from transformers import TrainerCallback
 from ..model import SRFTModel
 from .accelerate import SRFTState, find_srft_model, sync_srft_state
 
-__all__ = ["SRFT_STATE_NAME", "SRFTCallback"]
+__all__ = ["SRFT_STATE_NAME", "SRFTCallback", "save_model_config"]
 
 #: File name of the SRFT training state inside a Trainer checkpoint folder.
 SRFT_STATE_NAME = "srft_state.pt"
@@ -80,9 +85,13 @@ class SRFTCallback(TrainerCallback):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder):
             torch.save(SRFTState(self.srft).state_dict(), os.path.join(folder, SRFT_STATE_NAME))
+            save_model_config(self.srft.get_base_model(), folder)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.srft.detach()
+        base = self.srft.get_base_model()
+        if state.is_world_process_zero and callable(getattr(base, "save_pretrained", None)):
+            base.save_pretrained(args.output_dir)
 
     # --- resumption ---------------------------------------------------------------------------------------------------
     def _resume(self, args: Any, state: Any) -> None:
@@ -97,6 +106,18 @@ class SRFTCallback(TrainerCallback):
                       f"{[c for c in candidates if isinstance(c, str)]}); the schedule continues from that step but the "
                       "transfer statistics restart and the anchors are the current prior's", stacklevel=2)
         self.srft._engine.step = state.global_step
+
+
+def save_model_config(model: Any, folder: str) -> None:
+    """Write ``model``'s ``config.json`` (and ``generation_config.json`` when it generates) into ``folder``, so that a
+    ``model.safetensors`` there loads with ``from_pretrained``; nothing for a model without a Hugging Face config."""
+    config = getattr(model, "config", None)
+    if callable(getattr(config, "save_pretrained", None)):
+        config.save_pretrained(folder)
+    can_generate = getattr(model, "can_generate", None)
+    generation = getattr(model, "generation_config", None)
+    if callable(can_generate) and can_generate() and generation is not None:
+        generation.save_pretrained(folder)
 
 
 def _wraps(model: Any, srft: SRFTModel) -> bool:

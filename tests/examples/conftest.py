@@ -41,18 +41,3 @@ def example_env(tiny_data) -> dict[str, str]:
                SRFT_DEMO_ROOT=str(tiny_data["root"] / "demo_cache"), SRFT_CACHE_DIR=str(tiny_data["root"] / "cache"),
                HF_HUB_OFFLINE="1")
     return env
-
-
-@pytest.fixture
-def fresh_accelerate():
-    """accelerate keeps process-wide singletons: reset them around in-process runs."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()

@@ -9,11 +9,12 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from srft_peft.tracking import OSTrackRGBX, TrackerConfig, load_tracker
+from srft_peft.tracking import OSTrackRGBX, TrackerConfig, load_tracker, training
 from srft_peft.tracking.training import (
     METHODS,
     FinetuneConfig,
@@ -44,6 +45,7 @@ def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.distributed
+@pytest.mark.subprocess
 @pytest.mark.parametrize("modality", ["rgbt", "rgbd", "rgbe"])
 def test_example_with_two_processes(modality, tiny_data, example_env, tmp_path):
     out = tmp_path / modality
@@ -63,6 +65,7 @@ def test_example_with_two_processes(modality, tiny_data, example_env, tmp_path):
     assert (out / "prior" / "significance.safetensors").is_file() and (out / "model" / "config.json").is_file()
 
 
+@pytest.mark.subprocess
 def test_example_plain_python_with_rgb_retention(tiny_data, example_env, tmp_path):
     out = tmp_path / "plain"
     cmd = [sys.executable, str(REPO / "examples" / "finetune_rgbt.py"), *quick_flags(tiny_data, "rgbt", out),
@@ -74,7 +77,7 @@ def test_example_plain_python_with_rgb_retention(tiny_data, example_env, tmp_pat
     assert list((out / "finetune").rglob("events.out.tfevents*"))  # TensorBoard logs
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, fresh_accelerate):
+def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, accelerate_state):
     """Save at step 2 of 4, resume from it: the final weights equal those of the run that was not interrupted."""
     common = dict(method="srft", data_root=str(tiny_data["rgbt"]), pretrained=str(tiny_data["tracker"]),
                   rgb_root=str(tiny_data["rgb"]), steps=4, batch_size=2, grad_accum=2, prior_batches=1,
@@ -87,10 +90,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, fresh_acce
     # Simulate an interruption after step 2: only the step-2 checkpoint (and the saved prior) remain.
     shutil.rmtree(out / "checkpoints" / "step_000004")
     shutil.rmtree(out / "model")
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    accelerate_state()
     resumed = finetune_rgbx(FinetuneConfig(**common, output_dir=str(out), resume="latest"))
     assert resumed["steps"] == 4 and resumed["prior"].endswith("(resume)")
     again = load_file(str(out / "model" / "model.safetensors"))
@@ -103,15 +103,31 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, fresh_acce
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in ("srft",)])
-def test_every_method_trains_and_evaluates(method, tiny_data, tmp_path, fresh_accelerate, recwarn):
-    results = finetune_rgbx(FinetuneConfig(
+def test_every_method_trains_and_evaluates(method, tiny_data, tmp_path, accelerate_state, recwarn):
+    cfg = FinetuneConfig(
         method=method, data_root=str(tiny_data["rgbt"]), pretrained=str(tiny_data["tracker"]),
         rgb_root=str(tiny_data["rgb"]), output_dir=str(tmp_path / method), steps=2, batch_size=2, prior_batches=1,
         save_every=0, report_to=None, progress=False, evaluate_baseline=False, eval_sequences=1, eval_frames=3,
         srft_overrides={"prior_rank": 4} if method in ("srft-prior-only", "ewc") else {},
-    ))
+    )
+    results = finetune_rgbx(cfg)
     assert results["method"] == method and 0.0 <= results["metrics"]["SR"] <= 1.0
-    assert (tmp_path / method / "model" / "model.safetensors").is_file()
+    assert results["steps"] == 2 and np.isfinite(results["final_loss"])
+    # training moved the method's trainable weights, and only those: the saved tracker against the start that
+    # finetune_rgbx built (same seed; LoRA merged, its B starts at zero)
+    training._set_seed(cfg.seed)
+    built = build_finetune_model(method, load_tracker(tiny_data["tracker"]))
+    trainable = {n.replace("base_model.model.", "").replace(".base_layer", "") for n, p in built.named_parameters()
+                 if p.requires_grad}
+    start = training._tracker_of(built).state_dict()
+    final = load_file(str(tmp_path / method / "model" / "model.safetensors"))
+    assert final.keys() == start.keys()
+    moved = {k for k in start if not torch.equal(start[k], final[k])}
+    if method == "lora":  # the merged weights of the wrapped layers move
+        assert moved and all(k.rsplit(".", 2)[-2] in {"qkv", "proj", "fc1", "fc2"} for k in moved), sorted(moved)
+    else:
+        assert moved and moved <= trainable, sorted(moved - trainable)[:5]
+        assert len(moved) > len(trainable) // 2, f"only {len(moved)} of {len(trainable)} trainable tensors moved"
     if method == "lora":
         assert (tmp_path / method / "adapter" / "adapter_config.json").is_file()
     assert method in format_results_table(results)

@@ -16,6 +16,7 @@ def quick_args(tiny_data, out, *extra: str) -> list[str]:
             "batch_size=2", "prior_batches=1", "eval_frames=6", *extra]
 
 
+@pytest.mark.subprocess  # worker processes (--jobs 2)
 def test_quick_run(tiny_data, tmp_path, capsys):
     out = tmp_path / "bench"
     table = transfer.main(quick_args(tiny_data, out, "--steps", "2"))

@@ -26,7 +26,9 @@ NUM_LABELS = 3
 RESUME_CONFIG = dict(transfer_mode="rank", rank_interval=2, total_steps=8)
 
 
-def tiny_vit(seed: int = 0, initializer_range: float = 0.02) -> torch.nn.Module:
+def tiny_hf_vit(seed: int = 0, initializer_range: float = 0.02) -> torch.nn.Module:
+    """A tiny Hugging Face ``ViTForImageClassification`` (16 px, hidden 32, 2 layers) built from a config; the timm
+    counterpart is the ``tiny_vit`` fixture of tests/conftest.py."""
     import transformers
 
     torch.manual_seed(seed)
@@ -60,9 +62,11 @@ def srft_config(apply: str = "grad", total_steps: int = 6, **overrides: Any) -> 
     return SRFTConfig(**fields)
 
 
-def make_srft(apply: str = "grad", seed: int = 0, estimate: bool = True, initializer_range: float = 0.02,
-              **overrides: Any):
-    srft = get_srft_model(tiny_vit(seed, initializer_range), srft_config(apply, **overrides))
+def make_hf_srft(apply: str = "grad", seed: int = 0, estimate: bool = True, initializer_range: float = 0.02,
+                 **overrides: Any):
+    """:func:`tiny_hf_vit` under SRFT, its prior estimated on :func:`calibration_batches` unless ``estimate=False``
+    (the Tiny-MLP counterpart for checkpoint tests is ``checkpoint_helpers.make_srft``)."""
+    srft = get_srft_model(tiny_hf_vit(seed, initializer_range), srft_config(apply, **overrides))
     if estimate:
         srft.estimate_prior(calibration_batches(), progress=False)
     return srft

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 import torch
-from _integ_common import calibration_batches, engine_state, flat_params, make_srft, srft_config, tiny_vit
+from _integ_common import calibration_batches, engine_state, flat_params, make_hf_srft, srft_config, tiny_hf_vit
 from _integ_common import train_accelerate as train
 from accelerate import Accelerator
 
@@ -26,13 +26,13 @@ def main(out: str) -> None:
     shard = calibration_batches()[rank::world]
 
     # (5) the prior from two shards (the sums are all-reduced once inside estimate_prior)
-    srft = make_srft(estimate=False)
+    srft = make_hf_srft(estimate=False)
     prior = srft.estimate_prior(shard, progress=False)
     torch.save(prior_to_state(prior), f"{out}/prior_rank{rank}.pt")
 
     # (1) DDP training in both apply modes: each rank half of every global batch
     for apply in ("grad", "loss"):
-        srft = make_srft(apply, estimate=False, total_steps=STEPS)
+        srft = make_hf_srft(apply, estimate=False, total_steps=STEPS)
         srft.estimate_prior(shard, progress=False)
         model, _, _ = train(accelerator, srft, STEPS, GLOBAL_BATCH, micro=GLOBAL_BATCH // world)
         assert isinstance(model, torch.nn.parallel.DistributedDataParallel), type(model)
@@ -42,7 +42,7 @@ def main(out: str) -> None:
     engine = srft._engine
     state_ptrs = {t.data_ptr() for t in [engine.v_flat, *engine.prior_term.state_tensors().values()]}
     buffer_ptrs = {b.data_ptr() for b in model.module.buffers()}
-    keys_ok = all(k.startswith("base_model.") for k in model.module.state_dict())
+    keys_ok = list(model.module.state_dict()) == list(model.module.base_model.state_dict())  # the model only
     marker = float(rank + 1)
     engine.v_flat[0] = marker
     model(**calibration_batches(1)[0])  # a DDP forward: broadcasts rank 0's buffers to rank 1
@@ -52,7 +52,7 @@ def main(out: str) -> None:
 
     # prepare_srft makes the state identical: here the ranks start from different weights (rank-dependent seed), so
     # their anchors differ until prepare (DDP broadcasts rank 0's weights, prepare_srft rank 0's SRFT state)
-    srft = get_srft_model(tiny_vit(seed=10 + rank), srft_config(total_steps=STEPS))
+    srft = get_srft_model(tiny_hf_vit(seed=10 + rank), srft_config(total_steps=STEPS))
     srft.estimate_prior(shard, progress=False)
     before = engine_state(srft)
     train(accelerator, srft, STEPS, GLOBAL_BATCH, micro=GLOBAL_BATCH // world, stop_after=0)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import sys
 
 import torch
-from _integ_common import RESUME_CONFIG, engine_state, flat_params, make_srft
+from _integ_common import RESUME_CONFIG, engine_state, flat_params, make_hf_srft
 from _integ_common import train_accelerate as train
 from accelerate import Accelerator
 
 
 def main(checkpoint: str, out: str, start: int, steps: int) -> None:
     accelerator = Accelerator(cpu=True)
-    srft = make_srft(estimate=False, **RESUME_CONFIG)
+    srft = make_hf_srft(estimate=False, **RESUME_CONFIG)
     train(accelerator, srft, steps, 8, micro=8, start=start, scheduler="lambda",
           after_prepare=lambda *_: accelerator.load_state(checkpoint))
     torch.save({"params": flat_params(srft), **engine_state(srft)}, out)

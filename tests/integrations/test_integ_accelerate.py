@@ -16,7 +16,7 @@ from _integ_common import (
     engine_state,
     examples,
     flat_params,
-    make_srft,
+    make_hf_srft,
 )
 from _integ_common import train_accelerate as train
 
@@ -52,7 +52,7 @@ def two_processes(tmp_path_factory):
 def _single_process(apply: str) -> dict:
     from accelerate import Accelerator
 
-    srft = make_srft(apply, estimate=False, total_steps=STEPS)
+    srft = make_hf_srft(apply, estimate=False, total_steps=STEPS)
     srft.estimate_prior(calibration_batches(), progress=False)
     train(Accelerator(cpu=True), srft, STEPS, 8, micro=8)
     return {"params": flat_params(srft), **engine_state(srft)}
@@ -107,7 +107,7 @@ def test_prior_two_processes_equals_one_process(two_processes):
     from srft_peft.significance.prior import KFACSignificance
 
     ranks = [_load(f"{two_processes}/prior_rank{r}.pt") for r in range(2)]
-    srft = make_srft(estimate=False)
+    srft = make_hf_srft(estimate=False)
     one = prior_to_state(srft.estimate_prior(calibration_batches(), progress=False))
     assert one["num_examples"] == ranks[0]["num_examples"] == 16 and one["num_batches"] == 4
     # a shard alone is a different estimate: the comparison below can fail
@@ -132,13 +132,12 @@ def test_prior_two_processes_equals_one_process(two_processes):
 
 
 # --- gradient accumulation ------------------------------------------------------------------------------------------
-def _accumulated(apply: str, accumulation: int, lambda_prior: float = 200.0) -> tuple[torch.Tensor, int]:
+def _accumulated(reset, apply: str, accumulation: int, lambda_prior: float = 200.0) -> tuple[torch.Tensor, int]:
+    """``reset``: the ``accelerate_state`` fixture's reset."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    srft = make_srft(apply, total_steps=STEPS, lambda_prior=lambda_prior)
+    reset()
+    srft = make_hf_srft(apply, total_steps=STEPS, lambda_prior=lambda_prior)
     calls = []
     train(Accelerator(cpu=True, gradient_accumulation_steps=accumulation), srft, STEPS, 8, micro=8 // accumulation,
           after_prepare=lambda m, opt, s: opt.optimizer.register_step_pre_hook(lambda *a: calls.append(1)))
@@ -148,17 +147,17 @@ def _accumulated(apply: str, accumulation: int, lambda_prior: float = 200.0) -> 
 
 @pytest.mark.parametrize("apply", ["grad", "loss"])
 def test_accumulation_4x2_equals_batch_8(accelerate_state, apply):
-    big, _ = _accumulated(apply, 1)
-    acc, _ = _accumulated(apply, 4)
+    big, _ = _accumulated(accelerate_state, apply, 1)
+    acc, _ = _accumulated(accelerate_state, apply, 4)
     torch.testing.assert_close(acc, big, rtol=1e-4, atol=2e-5)
     # the penalty matters: counting it once per micro-batch (4x) would change the result far beyond the tolerance
-    four_times, _ = _accumulated(apply, 1, lambda_prior=800.0)
+    four_times, _ = _accumulated(accelerate_state, apply, 1, lambda_prior=800.0)
     assert (four_times - big).abs().max() > 100 * 2e-5
 
 
 def test_both_apply_modes_same_update_under_accumulation(accelerate_state):
-    grad, _ = _accumulated("grad", 4)
-    loss, _ = _accumulated("loss", 4)
+    grad, _ = _accumulated(accelerate_state, "grad", 4)
+    loss, _ = _accumulated(accelerate_state, "loss", 4)
     torch.testing.assert_close(grad, loss, rtol=1e-4, atol=2e-5)
 
 
@@ -174,7 +173,7 @@ def test_bf16_autocast_penalty_is_computed_in_fp32(accelerate_state):
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
-    srft = make_srft("loss", initializer_range=0.5)  # pretrained-like weight scale, small fine-tuning delta
+    srft = make_hf_srft("loss", initializer_range=0.5)  # pretrained-like weight scale, small fine-tuning delta
     _perturb(srft)
     params = srft._engine.params
     reference = srft.prior_penalty()
@@ -192,7 +191,7 @@ def test_bf16_autocast_penalty_is_computed_in_fp32(accelerate_state):
 def test_bf16_training_runs_and_counts_steps(accelerate_state, apply):
     from accelerate import Accelerator
 
-    srft = make_srft(apply, total_steps=4)
+    srft = make_hf_srft(apply, total_steps=4)
     theta0 = flat_params(srft)
     train(Accelerator(cpu=True, mixed_precision="bf16", gradient_accumulation_steps=2), srft, 4, 8, micro=4)
     assert srft.step == 4
@@ -202,7 +201,7 @@ def test_bf16_training_runs_and_counts_steps(accelerate_state, apply):
 
 def _scaled_run(fused: bool, scaler: bool, inf_at: int | None = None, apply: str = "grad",
                 fp16_autocast: bool = False, steps: int = 5) -> dict:
-    srft = make_srft(apply, total_steps=steps)
+    srft = make_hf_srft(apply, total_steps=steps)
     optimizer = torch.optim.AdamW(srft.parameters(), lr=1e-2, weight_decay=0.0, fused=fused)
     srft.attach(optimizer)
     grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10_000) if scaler else None
@@ -253,17 +252,15 @@ def test_fp16_scaler_through_accelerated_optimizer(accelerate_state):
     """accelerate refuses fp16 on CPU, so a CPU GradScaler is put where it would put a CUDA one: AcceleratedOptimizer
     then runs GradScaler.step / update around the inner optimizer (and SRFT's hooks), as on a GPU."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
     from srft_peft.integrations.accelerate import prepare_srft
 
     def run(scaler: bool, inf_at: int | None = None) -> tuple:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+        accelerate_state()
         accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
         if scaler:
             accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10_000)
-        srft = make_srft(total_steps=4)
+        srft = make_hf_srft(total_steps=4)
         optimizer = torch.optim.AdamW(srft.parameters(), lr=1e-2, weight_decay=0.0)
         model, optimizer = accelerator.prepare(srft, optimizer)
         prepare_srft(accelerator, model, optimizer)
@@ -294,19 +291,18 @@ def test_fp16_scaler_through_accelerated_optimizer(accelerate_state):
 
 
 # --- exact resume -----------------------------------------------------------------------------------------------------
+@pytest.mark.subprocess
 def test_resume_in_new_process_is_exact(accelerate_state, tmp_path):
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
     total, k = RESUME_CONFIG["total_steps"], 3
-    srft = make_srft(**RESUME_CONFIG)
+    srft = make_hf_srft(**RESUME_CONFIG)
     train(Accelerator(cpu=True), srft, total, 8, micro=8, scheduler="lambda")
     uninterrupted = flat_params(srft)
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    accelerate_state()
     accelerator = Accelerator(cpu=True)
-    srft = make_srft(**RESUME_CONFIG)
+    srft = make_hf_srft(**RESUME_CONFIG)
     train(accelerator, srft, total, 8, micro=8, scheduler="lambda", stop_after=k)
     accelerator.save_state(str(tmp_path / "ckpt"))
     custom = torch.load(tmp_path / "ckpt" / "custom_checkpoint_0.pkl", weights_only=True)  # plain data only
@@ -321,10 +317,9 @@ def test_resume_in_new_process_is_exact(accelerate_state, tmp_path):
     # without the SRFT state (model, optimizer and scheduler restored, SRFT restarted) the run is not the same
     shutil.copytree(tmp_path / "ckpt", tmp_path / "no_srft")
     os.remove(tmp_path / "no_srft" / "custom_checkpoint_0.pkl")
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    accelerate_state()
     accelerator = Accelerator(cpu=True)
-    srft = make_srft(**RESUME_CONFIG)
+    srft = make_hf_srft(**RESUME_CONFIG)
     train(accelerator, srft, total, 8, micro=8, start=k, scheduler="lambda", checkpoint=False,
           after_prepare=lambda *_: accelerator.load_state(str(tmp_path / "no_srft")))
     assert (flat_params(srft) - uninterrupted).abs().max() > 1e-4
@@ -334,7 +329,7 @@ def test_attach_with_accelerator_registers_state_once(accelerate_state, tmp_path
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True)
-    srft = make_srft(total_steps=4)
+    srft = make_hf_srft(total_steps=4)
     optimizer = torch.optim.AdamW(srft.parameters(), lr=1e-2, weight_decay=0.0)
     model, optimizer = accelerator.prepare(srft, optimizer)
     srft.attach(optimizer, accelerator=accelerator)

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from _integ_common import calibration_batches, examples, flat_params, srft_config, tiny_vit
+from _integ_common import calibration_batches, examples, flat_params, srft_config, tiny_hf_vit
 
 from srft_peft import SRFTConfig, get_srft_model
 from srft_peft.integrations.accelerate import SRFTState
@@ -24,7 +24,7 @@ LAYERS = ["q_proj", "v_proj", "fc1"]
 def _lora(base=None, **config):
     fields = dict(r=4, lora_alpha=8, target_modules=LAYERS, lora_dropout=0.0)
     fields.update(config)
-    return peft.get_peft_model(copy.deepcopy(base if base is not None else tiny_vit()), peft.LoraConfig(**fields))
+    return peft.get_peft_model(copy.deepcopy(base if base is not None else tiny_hf_vit()), peft.LoraConfig(**fields))
 
 
 def _randomize_adapters(model, std: float = 0.2, seed: int = 0) -> None:
@@ -49,7 +49,7 @@ def test_lora_factors_become_pairs_sharing_the_base_prior():
 
 def test_prior_is_the_base_weights_prior():
     """K-FAC factors hooked on the LoRA layer are those of the base Linear: the same prior as the bare model's."""
-    base = tiny_vit()
+    base = tiny_hf_vit()
     srft = get_srft_model(_lora(base), srft_config())
     prior = srft.estimate_prior(calibration_batches(), progress=False)
     pattern = r"vit\.layers\.\d+\.(attention\.(q_proj|v_proj)|mlp\.fc1)\.weight"
@@ -111,7 +111,7 @@ def test_lora_penalty_and_fused_gradient_match_autograd_on_the_materialised_upda
 
 
 def test_lora_penalty_equals_the_full_weight_penalty_of_the_merged_model():
-    base = tiny_vit()
+    base = tiny_hf_vit()
     srft = get_srft_model(_lora(base), srft_config())
     srft.estimate_prior(calibration_batches(), progress=False)
     pattern = r"vit\.layers\.\d+\.(attention\.(q_proj|v_proj)|mlp\.fc1)\.weight"
@@ -129,7 +129,7 @@ def test_lora_penalty_equals_the_full_weight_penalty_of_the_merged_model():
 
 def test_non_lora_parameters_keep_the_plain_prior_term():
     # a model without adapters: the engine's term is exactly PriorTerm, as before
-    plain = get_srft_model(tiny_vit(), srft_config())
+    plain = get_srft_model(tiny_hf_vit(), srft_config())
     plain.estimate_prior(calibration_batches(), progress=False)
     assert type(plain._engine.prior_term) is PriorTerm
     # LoRA plus an ordinary trainable module (modules_to_save): the ordinary parameters' slice of the combined

@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import inspect
 import pickle
+import shutil
+import types
 
 import pytest
 import torch
-from _integ_common import calibration_batches, examples, flat_params, make_srft, tiny_vit
+from _integ_common import calibration_batches, examples, flat_params, make_hf_srft, tiny_hf_vit
 
 from srft_peft import SRFTModel
 from srft_peft.integrations.transformers import SRFT_STATE_NAME, SRFTCallback
@@ -53,7 +55,7 @@ def _count_steps(srft: SRFTModel) -> list:
 def test_trainer_sees_the_wrapped_models_signature(accelerate_state, tmp_path):
     from transformers.utils import can_return_loss, find_labels
 
-    srft = make_srft("loss")
+    srft = make_hf_srft("loss")
     base_signature = inspect.signature(type(srft.base_model).forward)
     assert inspect.signature(type(srft).forward) == base_signature
     assert list(inspect.signature(srft.forward).parameters) == list(base_signature.parameters)[1:]
@@ -63,7 +65,7 @@ def test_trainer_sees_the_wrapped_models_signature(accelerate_state, tmp_path):
     trainer = _trainer(srft, _args(tmp_path), callbacks=[SRFTCallback(srft)])
     assert trainer.label_names == ["labels"]
     assert trainer.model_accepts_loss_kwargs is False  # apply="loss": the Trainer divides by the accumulation steps
-    grad_srft = make_srft("grad")
+    grad_srft = make_hf_srft("grad")
     assert _trainer(grad_srft, _args(tmp_path)).model_accepts_loss_kwargs is True  # as for the bare ViT
     for clone in (copy.deepcopy(srft), pickle.loads(pickle.dumps(srft))):
         assert type(clone) is type(srft)
@@ -71,7 +73,7 @@ def test_trainer_sees_the_wrapped_models_signature(accelerate_state, tmp_path):
 
 
 def test_trainer_default_columns_train_and_evaluate(accelerate_state, tmp_path):
-    srft = make_srft("loss", total_steps=STEPS)
+    srft = make_hf_srft("loss", total_steps=STEPS)
     calls = _count_steps(srft)
     trainer = _trainer(srft, _args(tmp_path, batch=4, accumulation=2), callbacks=[SRFTCallback(srft)],
                        eval_dataset=_dataset(16))
@@ -86,11 +88,11 @@ def test_trainer_default_columns_train_and_evaluate(accelerate_state, tmp_path):
 def _train(tmp_path, apply: str | None, accumulation: int = 1, lambda_prior: float = 200.0):
     """apply=None: the plain model (no SRFT)."""
     if apply is None:
-        model = tiny_vit()
+        model = tiny_hf_vit()
         trainer = _trainer(model, _args(tmp_path, batch=8 // accumulation, accumulation=accumulation))
         trainer.train()
         return model, None
-    srft = make_srft(apply, total_steps=STEPS, lambda_prior=lambda_prior)
+    srft = make_hf_srft(apply, total_steps=STEPS, lambda_prior=lambda_prior)
     calls = _count_steps(srft)
     trainer = _trainer(srft, _args(tmp_path, batch=8 // accumulation, accumulation=accumulation),
                        callbacks=[SRFTCallback(srft)])
@@ -110,7 +112,7 @@ def test_trainer_accumulation_4x2_equals_batch_8(accelerate_state, tmp_path, app
 
 @pytest.mark.parametrize("apply", ["grad", "loss"])
 def test_trainer_regularized_run_stays_closer_to_theta0(accelerate_state, tmp_path, apply):
-    reference = make_srft(apply)  # the prior of the pretrained weights, to measure both runs with
+    reference = make_hf_srft(apply)  # the prior of the pretrained weights, to measure both runs with
     theta0 = flat_params(reference.base_model)
     plain, _ = _train(tmp_path / "plain", None)
     regularized, srft = _train(tmp_path / "srft", apply)
@@ -133,36 +135,87 @@ def test_trainer_resume_restores_srft_state(accelerate_state, tmp_path):
     _, uninterrupted = _train(tmp_path / "full", "grad")
     expected = flat_params(uninterrupted)
 
-    srft = make_srft("grad", total_steps=STEPS)
+    srft = make_hf_srft("grad", total_steps=STEPS)
     args = _args(tmp_path / "run", save_strategy="steps", save_steps=3)
     trainer = _trainer(srft, args, callbacks=[SRFTCallback(srft)])
     trainer.train()
     saved = torch.load(tmp_path / "run" / "checkpoint-3" / SRFT_STATE_NAME, weights_only=True)
     assert saved["engine"]["step"] == 3 and "prior" in saved
 
-    fresh = make_srft("grad", total_steps=STEPS, estimate=False)  # the prior comes from the checkpoint
+    fresh = make_hf_srft("grad", total_steps=STEPS, estimate=False)  # the prior comes from the checkpoint
     trainer = _trainer(fresh, args, callbacks=[SRFTCallback(fresh)])
     trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))
     assert fresh.step == STEPS
     torch.testing.assert_close(flat_params(fresh), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_trainer_save_model_and_checkpoints_load_with_from_pretrained(accelerate_state, tmp_path):
+    from transformers import ViTForImageClassification
+
+    srft = make_hf_srft("loss", total_steps=STEPS)
+    initial = {k: v.clone() for k, v in srft.state_dict().items()}
+    trainer = _trainer(srft, _args(tmp_path / "out", save_strategy="steps", save_steps=STEPS),
+                       callbacks=[SRFTCallback(srft)])
+    trainer.train()
+    trainer.save_model()  # what push_to_hub() uploads: args.output_dir
+    tuned = srft.base_model.state_dict()
+    for folder in (tmp_path / "out", tmp_path / "out" / f"checkpoint-{STEPS}"):
+        loaded, info = ViTForImageClassification.from_pretrained(folder, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], (folder, info)
+        state = loaded.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in tuned.items()), folder
+        assert any(not torch.equal(state[k], v) for k, v in initial.items()), folder
+
+
+class _FakeHub:
+    """Stands in for ``transformers.trainer.hf_api()``: ``upload_folder`` copies what would be uploaded."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def create_repo(self, repo_id, **kwargs):
+        return types.SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+        return shutil.copytree(folder_path, self.root / repo_id, ignore=shutil.ignore_patterns(*ignore_patterns))
+
+
+def test_trainer_push_to_hub_uploads_a_loadable_model(accelerate_state, tmp_path, monkeypatch):
+    import transformers.trainer
+    from transformers import ViTForImageClassification
+
+    hub = _FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    srft = make_hf_srft("grad", total_steps=STEPS)
+    trainer = _trainer(srft, _args(tmp_path / "out", hub_model_id="user/tiny-vit-srft"), callbacks=[SRFTCallback(srft)])
+    trainer.train()
+    trainer.push_to_hub()
+    loaded = ViTForImageClassification.from_pretrained(tmp_path / "hub" / "user/tiny-vit-srft").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in srft.base_model.state_dict().items())
+
+
 def test_callback_refuses_loss_mode_when_the_trainer_bypasses_the_wrapper(accelerate_state, tmp_path):
-    srft = make_srft("loss")
+    srft = make_hf_srft("loss")
     trainer = _trainer(srft.base_model, _args(tmp_path), callbacks=[SRFTCallback(srft)])
     with pytest.raises(ValueError, match="apply='loss'"):
         trainer.train()
 
 
 def test_callback_grad_mode_works_on_the_bare_model(accelerate_state, tmp_path):
-    srft = make_srft("grad", total_steps=STEPS)
-    trainer = _trainer(srft.base_model, _args(tmp_path), callbacks=[SRFTCallback(srft)])
+    srft = make_hf_srft("grad", total_steps=STEPS)
+    reference = make_hf_srft("grad")  # the prior at the pretrained weights, to measure both runs with
+    trainer = _trainer(srft.base_model, _args(tmp_path / "srft"), callbacks=[SRFTCallback(srft)])
     trainer.train()
     assert srft.step == STEPS
+    plain, _ = _train(tmp_path / "plain", None)
+    with torch.no_grad():  # the significance-weighted distance from theta0 of the plain run
+        for p, q in zip(reference.base_model.parameters(), plain.parameters()):
+            p.copy_(q)
+    assert float(srft.prior_penalty().detach()) < 0.5 * float(reference.prior_penalty().detach())
 
 
 def test_calibration_batches_are_trainer_compatible():
     # the HF model returns .loss on these batches, so estimate_prior uses the model's own objective
-    srft = make_srft(estimate=False)
+    srft = make_hf_srft(estimate=False)
     prior = srft.estimate_prior(calibration_batches(), progress=False)
     assert prior.objective == "model_loss"

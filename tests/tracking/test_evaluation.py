@@ -96,8 +96,16 @@ def test_tracker_errors_name_sequence_and_frame(demo):
         run_tracker(BadShape(list(demo)), demo, progress=False)
 
 
-def test_progress_bars_do_not_break(demo, capsys):
-    run_tracker(OracleTracker(list(demo)), demo[:1], progress=True)
+def test_progress_bars_show_sequences_and_frames_and_leave_results_unchanged(demo, capsys):
+    shown = run_tracker(OracleTracker(list(demo)), demo, progress=True)
+    err = capsys.readouterr().err
+    assert "sequences" in err and f"{len(demo)}/{len(demo)}" in err  # the outer bar reached every sequence
+    assert demo[0].name in err and "frame" in err  # the inner bar is named after the sequence
+    quiet = run_tracker(OracleTracker(list(demo)), demo, progress=False)
+    assert capsys.readouterr().err == ""
+    for name, result in quiet.items():
+        np.testing.assert_array_equal(shown[name].boxes, result.boxes)
+        np.testing.assert_array_equal(shown[name].confidences, result.confidences)
 
 
 def test_plots_write_pngs(demo, tmp_path):
