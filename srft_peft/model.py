@@ -169,7 +169,7 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
         With a GradScaler pass it, ``scaler=scaler``: before ``scaler.unscale_(optimizer)`` (or accelerate's
         ``clip_grad_norm_``, which unscales) the gradients are scaled and the prior gradient is scaled with them, after
         it the prior gradient is added unscaled; either way the update is exact. Passing it also tells a new scaler
-        iteration from a repeated call after a step the scaler skipped, when gradients are zeroed in place
+        iteration from a repeated call after a step the scaler skipped, when the gradient tensors are reused
         (``zero_grad(set_to_none=False)``). Without a prior, or at lambda_p(t) = 0, there is nothing to add.
 
         Raises:

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
-from torch.amp.grad_scaler import OptState
 
 from ..config import SRFTConfig
 from ..schedule import coefficients, kappa
@@ -99,16 +98,16 @@ def scaler_state(scaler: Any, optimizer: torch.optim.Optimizer) -> tuple[Optiona
     """
     if scaler is None:
         return None, None
-    if not isinstance(scaler, torch.amp.GradScaler):
+    if not hasattr(scaler, "_per_optimizer_states"):  # torch.amp.GradScaler, torch.cuda.amp.GradScaler (torch < 2.3)
         raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
     if not scaler.is_enabled():
         return None, None
     iteration = scaler._per_optimizer_states[id(optimizer)]
-    stage = iteration["stage"]
-    if stage is OptState.STEPPED:
+    stage = iteration["stage"].name  # OptState: READY (still scaled), UNSCALED or STEPPED
+    if stage == "STEPPED":
         raise RuntimeError("add_prior_gradient() was called after scaler.step(optimizer) and before scaler.update(); "
                            "call it before the optimizer step (after the last backward, before clipping)")
-    return (scaler._get_scale_async() if stage is OptState.READY else None), iteration
+    return (scaler._get_scale_async() if stage == "READY" else None), iteration
 
 
 class SRFTEngine:
