@@ -283,10 +283,11 @@ class SRFTEngine:
         return index, [self.params[i] for i in index], [self.params[i].grad for i in index]
 
     def _add_prior_gradient_(self, index: list[int], lam: float, scale: Optional[torch.Tensor],
-                             added: dict[int, weakref.ref]) -> bool:
+                             added: dict[int, weakref.ref], views: list[torch.Tensor]) -> bool:
         """grad += lam grad R_prior (times ``scale`` for gradients still scaled) on the parameters ``index`` whose
-        current gradient tensor is not in ``added`` (those that received it this step); returns whether it ran (grad
-        R_prior, scaled, is then in the workspace and, for non-float32 weights, their float32 copy is current)."""
+        current gradient tensor is not in ``added`` (those that received it this step); ``views`` are the workspace's
+        per-parameter views. Returns whether it ran (grad R_prior, scaled, is then in the workspace and, for non-float32
+        weights, their float32 copy is current)."""
         if self.config.apply != "grad" or not lam > 0.0 or self.prior_term is None:
             return False
         if added:
@@ -297,7 +298,6 @@ class SRFTEngine:
         self.prior_term.gradient_into_(self._float32_params(), ws)
         if scale is not None:
             ws.mul_(scale.to(ws.dtype))
-        views = self.layout.views(ws)
         torch._foreach_add_([self.params[i].grad for i in index], [views[i] for i in index], alpha=lam)
         return True
 
@@ -319,7 +319,8 @@ class SRFTEngine:
         scale, iteration = scaler_state(scaler, self.optimizer)
         if iteration is not None and iteration is not self._prior_iteration:  # a new scaler iteration: a new step
             self._prior_added, self._prior_iteration = {}, iteration
-        self._add_prior_gradient_(index, self.coefficients()[0], scale, self._prior_added)
+        views = self.layout.views(self.workspace())
+        self._add_prior_gradient_(index, self.coefficients()[0], scale, self._prior_added, views)
         self._prior_added.update({i: weakref.ref(self.params[i].grad) for i in index})
 
     @torch.no_grad()
@@ -338,7 +339,7 @@ class SRFTEngine:
         views = self.layout.views(ws)
         live_views = [views[i] for i in index]
         cast = self.params[0].dtype != STATE_DTYPE
-        prior_gradient = self._add_prior_gradient_(index, lam, scale, added)
+        prior_gradient = self._add_prior_gradient_(index, lam, scale, added, views)
         if self.statistics == "own":
             if len(index) < len(self.params):
                 ws.zero_()  # a parameter without a gradient this step counts as a zero gradient
