@@ -266,3 +266,12 @@ def test_without_a_prior_there_is_nothing_to_add(token_mlp, token_batches):
     before = grads(srft)
     srft.add_prior_gradient()
     assert all(torch.equal(a, p.grad) for a, p in zip(before, srft.parameters()))
+
+
+def test_non_float32_weights_prior_gradient_before_clipping_equals_loss_mode(token_mlp, token_batches):
+    """float64 weights take the float32-copy path (the copy also serves as the step snapshot)."""
+    model, batches = token_mlp.double(), [b.double() for b in token_batches]
+    loss_mode = train(make(model, batches, "loss"), batches)
+    before = train(make(model, batches, "grad"), batches, ("last",))
+    assert_same(before, loss_mode)
+    assert differ(train(make(model, batches, "grad"), batches), loss_mode) > 1e-3
