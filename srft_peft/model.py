@@ -214,6 +214,33 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
         """Remove the optimizer hooks (the model and its weights stay as they are)."""
         self._engine.detach()
 
+    def add_prior_gradient(self, scaler: Optional[torch.amp.GradScaler] = None) -> None:
+        """Add the prior gradient lambda_p(t) grad R_prior to the gradients now, so that gradient clipping sees it.
+
+        For ``apply="grad"`` (the optimizer hook adds it after clipping otherwise, which makes the effective lambda
+        depend on the clip). Call it after the last ``backward()`` of an optimizer step and before clipping::
+
+            loss.backward()
+            srft.add_prior_gradient()
+            torch.nn.utils.clip_grad_norm_(srft.parameters(), max_norm)
+            optimizer.step()                     # SRFT's hook does not add the prior gradient again
+
+        It counts once per optimizer step: each gradient tensor receives it once (a repeated call, also after a further
+        micro-batch's ``backward()`` or after clipping, adds nothing to it), and the optimizer step consumes it.
+
+        With a GradScaler pass it, ``scaler=scaler``: before ``scaler.unscale_(optimizer)`` (or accelerate's
+        ``clip_grad_norm_``, which unscales) the gradients are scaled and the prior gradient is scaled with them, after
+        it the prior gradient is added unscaled; either way the update is exact. Passing it also tells a new scaler
+        iteration from a repeated call after a step the scaler skipped, when the gradient tensors are reused
+        (``zero_grad(set_to_none=False)``). Without a prior, or at lambda_p(t) = 0, there is nothing to add.
+
+        Raises:
+            RuntimeError: no optimizer is attached, ``apply`` is not ``"grad"``, no regularized parameter has a
+                gradient yet, or the call comes after ``scaler.step`` in the same iteration.
+            TypeError: ``scaler`` is not a ``torch.amp.GradScaler``.
+        """
+        self._engine.add_prior_gradient(scaler)
+
     @property
     def accepts_loss_kwargs(self) -> bool:
         """Read by ``transformers.Trainer``: whether to pass ``num_items_in_batch`` and skip its division of the loss by

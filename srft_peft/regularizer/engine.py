@@ -1,7 +1,8 @@
 """`SRFTEngine`: runs the regularizer around each optimizer step.
 
 Before ``optimizer.step()`` (after unscaling, clipping and gradient synchronization):
-    1. grad += lambda_p(t) grad R_prior            (``apply="grad"``; fused, no autograd)
+    1. grad += lambda_p(t) grad R_prior            (``apply="grad"``; fused, no autograd; skipped for the gradients
+                                                    that `SRFTEngine.add_prior_gradient` already received)
     2. v <- beta v + (1 - beta) g^2                 (own statistics; skipped on non-finite gradients, no host sync)
     3. theta_prev <- theta                          (only while gamma(t) > 0)
 After it:
@@ -89,6 +90,26 @@ def amp_step_state(optimizer: torch.optim.Optimizer) -> tuple[bool, Optional[tor
     return skipped, getattr(optimizer, "grad_scale", None)
 
 
+def scaler_state(scaler: Any, optimizer: torch.optim.Optimizer) -> tuple[Optional[torch.Tensor], Optional[dict]]:
+    """(scale, iteration) of ``optimizer``'s gradients under a GradScaler (None, None without one or when disabled).
+
+    ``scale`` is the scaler's scale tensor while the gradients are still scaled (before ``unscale_``), else None (read
+    without a host sync); ``iteration`` is the scaler's record for ``optimizer``, a new object after each ``update()``.
+    """
+    if scaler is None:
+        return None, None
+    if not hasattr(scaler, "_per_optimizer_states"):  # torch.amp.GradScaler, torch.cuda.amp.GradScaler (torch < 2.3)
+        raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+    if not scaler.is_enabled():
+        return None, None
+    iteration = scaler._per_optimizer_states[id(optimizer)]
+    stage = iteration["stage"].name  # OptState: READY (still scaled), UNSCALED or STEPPED
+    if stage == "STEPPED":
+        raise RuntimeError("add_prior_gradient() was called after scaler.step(optimizer) and before scaler.update(); "
+                           "call it before the optimizer step (after the last backward, before clipping)")
+    return (scaler._get_scale_async() if stage == "READY" else None), iteration
+
+
 class SRFTEngine:
     """State and per-step work of SRFT for a fixed list of regularized parameters."""
 
@@ -111,6 +132,8 @@ class SRFTEngine:
         self._handles: list[Any] = []
         self._pending: Optional[tuple[float, float]] = None
         self._skipped = False  # the current step is one a GradScaler skips (fused optimizers only)
+        self._prior_added: dict[int, weakref.ref] = {}  # index -> gradient tensor given the prior by add_prior_gradient
+        self._prior_iteration: Optional[dict] = None  # the GradScaler iteration of those additions (when passed)
 
     # --- set-up -----------------------------------------------------------------------------------------------------
     def set_prior(self, prior: PriorSignificance) -> None:
@@ -188,6 +211,7 @@ class SRFTEngine:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._prior_added, self._prior_iteration = {}, None
         if self.optimizer is not None:
             _ATTACHED.get(self.optimizer, weakref.WeakSet()).discard(self)
         self.optimizer = None
@@ -258,9 +282,51 @@ class SRFTEngine:
         index = [i for i, p in enumerate(self.params) if p.grad is not None]
         return index, [self.params[i] for i in index], [self.params[i].grad for i in index]
 
+    def _add_prior_gradient_(self, index: list[int], lam: float, scale: Optional[torch.Tensor],
+                             added: dict[int, weakref.ref], views: list[torch.Tensor]) -> bool:
+        """grad += lam grad R_prior (times ``scale`` for gradients still scaled) on the parameters ``index`` whose
+        current gradient tensor is not in ``added`` (those that received it this step); ``views`` are the workspace's
+        per-parameter views. Returns whether it ran (grad R_prior, scaled, is then in the workspace and, for non-float32
+        weights, their float32 copy is current)."""
+        if self.config.apply != "grad" or not lam > 0.0 or self.prior_term is None:
+            return False
+        if added:
+            index = [i for i in index if (ref := added.get(i)) is None or ref() is not self.params[i].grad]
+            if not index:
+                return False
+        ws = self.workspace()
+        self.prior_term.gradient_into_(self._float32_params(), ws)
+        if scale is not None:
+            ws.mul_(scale.to(ws.dtype))
+        torch._foreach_add_([self.params[i].grad for i in index], [views[i] for i in index], alpha=lam)
+        return True
+
+    @torch.no_grad()
+    @_without_autocast
+    def add_prior_gradient(self, scaler: Any = None) -> None:
+        """Add lambda_p(t) grad R_prior to the gradients now (``apply="grad"``), so that clipping sees it; the next
+        optimizer step then does not add it again. See :meth:`srft_peft.SRFTModel.add_prior_gradient`."""
+        if not self.attached:
+            raise RuntimeError("add_prior_gradient() needs an attached optimizer (call srft.attach(optimizer) first): "
+                               "its pre-step hook must know not to add the prior gradient a second time")
+        if self.config.apply != "grad":
+            raise RuntimeError(f"add_prior_gradient() is for apply='grad'; with apply={self.config.apply!r} the prior "
+                               "term is already in the loss, so its gradient is part of the clipped gradient")
+        index = self._live()[0]
+        if not index:
+            raise RuntimeError("add_prior_gradient(): no regularized parameter has a gradient; call it after the last "
+                               "backward() of the optimizer step, before clipping")
+        scale, iteration = scaler_state(scaler, self.optimizer)
+        if iteration is not None and iteration is not self._prior_iteration:  # a new scaler iteration: a new step
+            self._prior_added, self._prior_iteration = {}, iteration
+        views = self.layout.views(self.workspace())
+        self._add_prior_gradient_(index, self.coefficients()[0], scale, self._prior_added, views)
+        self._prior_added.update({i: weakref.ref(self.params[i].grad) for i in index})
+
     @torch.no_grad()
     @_without_autocast
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        added, self._prior_added, self._prior_iteration = self._prior_added, {}, None  # this step consumes them
         self._skipped, scale = amp_step_state(optimizer)
         if self._skipped:
             return
@@ -273,12 +339,7 @@ class SRFTEngine:
         views = self.layout.views(ws)
         live_views = [views[i] for i in index]
         cast = self.params[0].dtype != STATE_DTYPE
-        prior_gradient = self.config.apply == "grad" and lam > 0.0 and self.prior_term is not None
-        if prior_gradient:
-            self.prior_term.gradient_into_(self._float32_params(), ws)
-            if scale is not None:  # the optimizer divides every gradient by grad_scale itself
-                ws.mul_(scale.to(ws.dtype))
-            torch._foreach_add_(grads, live_views, alpha=lam)
+        prior_gradient = self._add_prior_gradient_(index, lam, scale, added, views)
         if self.statistics == "own":
             if len(index) < len(self.params):
                 ws.zero_()  # a parameter without a gradient this step counts as a zero gradient
