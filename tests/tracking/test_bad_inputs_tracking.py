@@ -19,7 +19,6 @@ from srft_peft.tracking import OSTrackRGBX, PartialLoadError, load_rgb_checkpoin
 from srft_peft.tracking.datasets import load_lasher, read_boxes
 from srft_peft.tracking.evaluation import load_results
 from srft_peft.tracking.training import FinetuneConfig, finetune_rgbx, load_pretrained_rgb
-from tests.examples.conftest import fresh_accelerate  # noqa: F401  (fixture)
 from tests.tracking.test_model import TX, TZ, ostrack_style_state, tiny_cfg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,14 +152,14 @@ def test_non_utf8_result_values_name_the_file(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # finetune_rgbx: bad inputs are reported before the output folder is created
 # ---------------------------------------------------------------------------------------------------------------------
-def test_missing_data_root_creates_no_output_folder(tmp_path, fresh_accelerate):  # noqa: F811
+def test_missing_data_root_creates_no_output_folder(tmp_path, accelerate_state):
     out = tmp_path / "out"
     with pytest.raises(FileNotFoundError, match="no_such_dataset"):
         finetune_rgbx(FinetuneConfig(data_root=str(tmp_path / "no_such_dataset"), output_dir=str(out), steps=1))
     assert not out.exists()
 
 
-def test_partial_pretrained_checkpoint_creates_no_output_folder(rgb_model, tmp_path, fresh_accelerate):  # noqa: F811
+def test_partial_pretrained_checkpoint_creates_no_output_folder(rgb_model, tmp_path, accelerate_state):
     sd = {k: v for k, v in rgb_model.state_dict().items() if not k.startswith("box_head.")}
     path = tmp_path / "backbone_only.pth"
     torch.save({"net": sd}, path)
@@ -180,7 +179,7 @@ def test_partial_pretrained_checkpoint_creates_no_output_folder(rgb_model, tmp_p
         ("optimizer.bin", r"optimizer\.bin is damaged"),
     ],
 )
-def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path, fresh_accelerate, damage, match):  # noqa: F811
+def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path, accelerate_state, damage, match):
     ckpt = _checkpoint_folder(tmp_path / "ckpt" / "step_000002")
     data = (ckpt / damage).read_bytes()
     (ckpt / damage).write_bytes(data[: len(data) // 2])  # truncated, as by a crash or a full disk
@@ -192,7 +191,7 @@ def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path, fresh_acceler
     assert not out.exists() and _files(tmp_path / "ckpt") == before
 
 
-def test_resume_latest_with_an_unfinished_checkpoint_names_the_folder(tmp_path, fresh_accelerate):  # noqa: F811
+def test_resume_latest_with_an_unfinished_checkpoint_names_the_folder(tmp_path, accelerate_state):
     out = tmp_path / "out"
     ckpt = _checkpoint_folder(out / "checkpoints" / "step_000004", step=4)
     (ckpt / "trainer_state.json").unlink()  # save_state was interrupted before the step was written
@@ -202,7 +201,7 @@ def test_resume_latest_with_an_unfinished_checkpoint_names_the_folder(tmp_path, 
     assert _files(out) == before  # no prior, model, log or results written
 
 
-def test_resume_step_must_be_a_non_negative_integer(tmp_path, fresh_accelerate):  # noqa: F811
+def test_resume_step_must_be_a_non_negative_integer(tmp_path, accelerate_state):
     ckpt = _checkpoint_folder(tmp_path / "ckpt")
     (ckpt / "trainer_state.json").write_text('{"step": "2"}')
     with pytest.raises(ValueError, match=r"trainer_state\.json: 'step' must be a non-negative integer, got '2'"):
@@ -219,6 +218,7 @@ def _run_example(script: str, *args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=300, cwd=REPO)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script", ["finetune_rgbt.py", "pretrain_rgb.py"])
 def test_example_with_a_missing_data_root_creates_no_output_folder(tmp_path, script):
     out = tmp_path / "out"
