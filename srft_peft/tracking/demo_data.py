@@ -125,7 +125,11 @@ def _photo() -> np.ndarray:
 def _terrain() -> np.ndarray:
     """Shaded relief of matplotlib's Jacksboro-fault elevation model as an RGB float image."""
     with np.load(_sample_data("jacksboro_fault_dem.npz")) as data:
-        z = np.asarray(data["elevation"], dtype=np.float32)
+        return _shaded_relief(np.asarray(data["elevation"], dtype=np.float32))
+
+
+def _shaded_relief(z: np.ndarray) -> np.ndarray:
+    """Hill-shaded, height-coloured RGB float image of an elevation grid."""
     gy, gx = np.gradient(z)
     slope = np.arctan(np.hypot(gx, gy) / 4.0)
     aspect = np.arctan2(-gx, gy)
@@ -157,19 +161,41 @@ def _lum(img: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass
 class _Layer:
-    patch: np.ndarray  # (h0, w0, 3) base appearance
+    patch: np.ndarray  # (h0, w0, 3) base appearance, or (h0, w0, 4) with an opacity mask as the last channel
     centres: np.ndarray  # (T, 2) positions in frame coordinates
     scales: np.ndarray  # (T,)
     size: np.ndarray  # (2,) base w, h in pixels
     shown: np.ndarray  # (T,) bool
-    heat: tuple[float, float]  # thermal = heat[0] + heat[1] * luminance
-    depth: float  # millimetres
+    heat: tuple[float, float]  # thermal = heat[0] + heat_shift[t] + heat[1] * luminance
+    depth: float  # millimetres; <= 0: the layer does not show in depth
+    role: str = "target"
+    heat_shift: np.ndarray | None = None  # (T,) per-frame temperature change (v2)
+    blur: np.ndarray | None = None  # (T,) int: sub-frame positions averaged for motion blur (v2); None = 1
+    _cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def resized(self, w: int, h: int) -> np.ndarray:
+        """The appearance (and mask) at ``w x h`` pixels, cached since scales repeat."""
+        if (w, h) not in self._cache:
+            self._cache[(w, h)] = _resize(self.patch, w, h)
+        return self._cache[(w, h)]
+
+    def heat_at(self, t: int) -> float:
+        return self.heat[0] if self.heat_shift is None else self.heat[0] + float(self.heat_shift[t])
 
 
 def _walk(
-    rng: np.random.Generator, steps: int, width: int, height: int, size: np.ndarray, scales: np.ndarray
+    rng: np.random.Generator,
+    steps: int,
+    width: int,
+    height: int,
+    size: np.ndarray,
+    scales: np.ndarray,
+    boost: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Smooth random walk of a box centre that keeps the (scaled) box inside the frame."""
+    """Smooth random walk of a box centre that keeps the (scaled) box inside the frame.
+
+    ``boost`` (T,) > 1 marks fast-motion frames: there the speed is set to ``4 * boost`` pixels per frame.
+    """
     pos = np.array([rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height])
     angle = rng.uniform(0, 2 * np.pi)
     vel = rng.uniform(0.8, 2.5) * np.array([np.cos(angle), np.sin(angle)])
@@ -179,8 +205,11 @@ def _walk(
         lo, hi = half, np.array([width, height]) - half
         vel = 0.85 * vel + rng.normal(0, 0.7, 2)
         speed = np.linalg.norm(vel)
-        if speed > 4.0:
-            vel *= 4.0 / speed
+        limit = 4.0 if boost is None else 4.0 * float(boost[t])
+        if boost is not None and boost[t] > 1:
+            vel *= limit / max(speed, 1e-6)
+        elif speed > limit:
+            vel *= limit / speed
         pos = pos + vel
         for a in range(2):
             if pos[a] < lo[a]:
@@ -192,11 +221,14 @@ def _walk(
     return out
 
 
-def _placement(layer: _Layer, t: int, width: int, height: int) -> tuple[int, int, int, int]:
+def _placement(layer: _Layer, t: float, width: int, height: int, centre: np.ndarray | None = None) -> tuple[int, ...]:
+    """Box ``x, y, w, h`` of ``layer`` in frame ``t`` (at ``centre`` if given), clipped into the frame."""
+    t = int(t)
+    centre = layer.centres[t] if centre is None else centre
     w = max(int(round(layer.size[0] * layer.scales[t])), 4)
     h = max(int(round(layer.size[1] * layer.scales[t])), 4)
-    x = int(round(layer.centres[t, 0] - w / 2))
-    y = int(round(layer.centres[t, 1] - h / 2))
+    x = int(round(centre[0] - w / 2))
+    y = int(round(centre[1] - h / 2))
     x = min(max(x, 0), width - w)
     y = min(max(y, 0), height - h)
     return x, y, w, h
@@ -209,6 +241,149 @@ class _Frame:
     thermal: np.ndarray  # uint8 (H, W); empty if not requested
     depth: np.ndarray  # uint16 (H, W) millimetres; empty if not requested
     box: tuple[int, int, int, int] | None
+    boxes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (role, box) of every layer shown, back to front
+
+
+@dataclass
+class _Scene:
+    """Everything drawn in one sequence; :func:`_render_frames` turns it into frames."""
+
+    canvas: np.ndarray  # (ch, cw, 3) background, larger than the frame for camera panning
+    offsets: np.ndarray  # (T, 2) float camera position (top-left) on the canvas per frame
+    layers: list[_Layer]  # back to front; the one with role "target" is annotated
+    bg_depth: np.ndarray  # (ch, cw) millimetres
+    pole: tuple[float, int] | None  # static occluding pole: canvas x, width
+    pole_tex: np.ndarray  # (ch, 1, 3)
+    gain: float  # illumination of the RGB camera
+    noise_sigma: float  # RGB noise, in 8-bit levels
+    bg_heat: tuple[float, float] = (0.15, 0.25)  # background thermal = bg_heat[0] + bg_heat_shift[t] + bg_heat[1] * lum
+    bg_heat_shift: np.ndarray | None = None  # (T,) v2 thermal crossovers
+
+
+def _paste(dst: np.ndarray, value: np.ndarray, mask: np.ndarray | None) -> None:
+    """Write ``value`` over ``dst`` in place, blended by ``mask`` (broadcast to ``value``) when given."""
+    if mask is None:
+        dst[...] = value
+    else:
+        dst += mask * (value - dst)
+
+
+def _draw_rgb(view: np.ndarray, layer: _Layer, t: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """Draw ``layer`` into ``view`` (averaged over sub-frame positions where it is motion-blurred); return its box."""
+    box = _placement(layer, t, width, height)
+    n = 1 if layer.blur is None or t == 0 else int(layer.blur[t])
+    shots = [box] if n <= 1 else [
+        _placement(layer, t, width, height, layer.centres[t - 1] + (layer.centres[t] - layer.centres[t - 1]) * k / (n - 1))
+        for k in range(n)
+    ]
+    base = view.copy() if n > 1 else view
+    acc = np.zeros_like(view) if n > 1 else view
+    for x, y, w, h in shots:
+        p = layer.resized(w, h)
+        target = base.copy() if n > 1 else view
+        mask = p[..., 3:] if p.shape[2] == 4 else None
+        _paste(target[y : y + h, x : x + w], p[..., :3], mask)
+        if n > 1:
+            acc += target / n
+    if n > 1:
+        view[...] = acc
+    return box
+
+
+def _render_frames(
+    scene: _Scene,
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    rng_thermal: np.random.Generator | None,
+    rng_depth: np.random.Generator | None,
+    invalid_depth: float = 0.005,
+) -> Iterator[_Frame]:
+    """Composite ``scene`` frame by frame; ``rng_thermal`` / ``rng_depth`` None: that channel is left empty."""
+    for t in range(len(scene.offsets)):
+        ox, oy = (int(round(v)) for v in scene.offsets[t])
+        view = scene.canvas[oy : oy + height, ox : ox + width].copy()
+        heat = None
+        if rng_thermal is not None:
+            shift = 0.0 if scene.bg_heat_shift is None else float(scene.bg_heat_shift[t])
+            heat = scene.bg_heat[0] + shift + scene.bg_heat[1] * _lum(view)
+        depth = scene.bg_depth[oy : oy + height, ox : ox + width].copy() if rng_depth is not None else None
+        box, boxes = None, []
+        for layer in scene.layers:
+            if not layer.shown[t]:
+                continue
+            x, y, w, h = _draw_rgb(view, layer, t, width, height)
+            p = layer.resized(w, h)
+            mask = p[..., 3] if p.shape[2] == 4 else None
+            lum_p = _lum(p[..., :3])
+            if heat is not None:
+                _paste(heat[y : y + h, x : x + w], layer.heat_at(t) + layer.heat[1] * lum_p, mask)
+            if depth is not None and layer.depth > 0:
+                _paste(depth[y : y + h, x : x + w], layer.depth + 150.0 * (lum_p - 0.5), mask)
+            if layer.role == "target":
+                box = (x, y, w, h)
+            boxes.append((layer.role, (x, y, w, h)))
+        if scene.pole is not None:
+            px = int(round(scene.pole[0] - ox))
+            xa, xb = max(px, 0), min(px + scene.pole[1], width)
+            if xb > xa:
+                view[:, xa:xb] = scene.pole_tex[oy : oy + height]
+                if heat is not None:
+                    heat[:, xa:xb] = 0.3
+                if depth is not None:
+                    depth[:, xa:xb] = 700.0
+        lum = _lum(view)
+        noise = rng.standard_normal(view.shape, dtype=np.float32) * np.float32(scene.noise_sigma / 255.0)
+        rgb8 = np.clip(np.round((view * np.float32(scene.gain) + noise) * 255.0), 0, 255).astype(np.uint8)
+        heat8 = np.zeros((0, 0), np.uint8)
+        if heat is not None:
+            heat8 = np.clip(np.round(heat * 255.0), 0, 255).astype(np.uint8)
+            heat8 = np.asarray(Image.fromarray(heat8).filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float32)
+            heat8 += rng_thermal.standard_normal(heat8.shape, dtype=np.float32) * np.float32(2.5)
+            heat8 = np.clip(np.round(heat8), 0, 255).astype(np.uint8)
+        depth16 = np.zeros((0, 0), np.uint16)
+        if depth is not None:
+            depth = depth * (rng_depth.random(depth.shape, dtype=np.float32) > invalid_depth)  # invalid (0) pixels
+            depth16 = np.clip(np.round(depth), 0, 65535).astype(np.uint16)
+        yield _Frame(rgb8, lum, heat8, depth16, box, tuple(boxes))
+
+
+def _crop_canvas(
+    rng: np.random.Generator, source: np.ndarray, region: tuple[int, int, int, int], cw: int, ch: int, frac: tuple
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A random crop of ``region`` of ``source`` with the canvas' aspect, resized to ``cw x ch``, maybe mirrored and
+    re-coloured; returns it and the crop box ``(x1, y1, x2, y2)`` in source pixels."""
+    x0, y0, x1, y1 = region
+    sw, sh = x1 - x0, y1 - y0
+    f = rng.uniform(*frac)
+    crop_w = int(min(sw, sh * cw / ch) * f)
+    crop_h = int(crop_w * ch / cw)
+    bx, by = x0 + int(rng.integers(0, sw - crop_w + 1)), y0 + int(rng.integers(0, sh - crop_h + 1))
+    canvas = _resize(source[by : by + crop_h, bx : bx + crop_w], cw, ch)
+    if rng.random() < 0.5:
+        canvas = canvas[:, ::-1]
+    canvas = np.clip(canvas * rng.uniform(0.85, 1.1, 3).astype(np.float32), 0, 1)
+    return canvas, (bx, by, bx + crop_w, by + crop_h)
+
+
+def _bg_depth(canvas: np.ndarray) -> np.ndarray:
+    """Background depth in mm: a ground plane receding upwards, modulated by the texture."""
+    ch = canvas.shape[0]
+    plane = (2500.0 + 4500.0 * (1.0 - np.arange(ch, dtype=np.float32) / ch))[:, None]
+    return plane + 500.0 * (_lum(canvas) - 0.5)
+
+
+def _scale_walk(rng: np.random.Generator, steps: int) -> np.ndarray:
+    return np.exp(np.clip(np.cumsum(rng.normal(0, 0.025, steps)), math.log(0.75), math.log(1.35)))
+
+
+def _pole(rng: np.random.Generator, centres: np.ndarray, size: np.ndarray, offsets: np.ndarray) -> tuple[float, int]:
+    """A static pole across the target's path at a random frame (canvas x, width)."""
+    steps = len(centres)
+    t_mid = int(rng.integers(steps // 4, 3 * steps // 4))
+    pole_w = max(int(size[0] * rng.uniform(0.35, 0.6)), 3)
+    px = centres[t_mid, 0] + rng.uniform(-0.2, 0.2) * size[0] - pole_w / 2
+    return px + offsets[t_mid, 0], pole_w
 
 
 def render_sequence(
@@ -219,7 +394,7 @@ def render_sequence(
     image_size: tuple[int, int],
     channels: tuple[str, ...] = ("thermal", "depth"),
 ) -> Iterator[_Frame]:
-    """Render one demo sequence frame by frame; frame ``-1`` is rendered first (for the events).
+    """Render one version-1 demo sequence frame by frame; frame ``-1`` is rendered first (for the events).
 
     ``channels`` lists the X renderings to compute (``"thermal"``, ``"depth"``); the others are left empty. The
     scene depends only on ``(seed, split, index)`` (each rendering has its own noise stream), so the four
@@ -229,7 +404,6 @@ def render_sequence(
     rng = np.random.default_rng([int(seed), _SPLITS.index(split), int(index), 7])
     rng_thermal = np.random.default_rng([int(seed), _SPLITS.index(split), int(index), 8])
     rng_depth = np.random.default_rng([int(seed), _SPLITS.index(split), int(index), 9])
-    want_heat, want_depth = "thermal" in channels, "depth" in channels
     steps = frames + 1  # one extra leading frame so that frame 0 has events
     photo = _photo()
     ph, pw = photo.shape[:2]
@@ -238,19 +412,10 @@ def render_sequence(
     margin = int(0.3 * width)
     cw, ch = width + 2 * margin, height + 2 * margin
     source = _terrain() if rng.random() < 0.35 else photo
-    sh, sw = source.shape[:2]
-    frac = rng.uniform(0.35, 0.9)
-    crop_w = int(min(sw, sh * cw / ch) * frac)
-    crop_h = int(crop_w * ch / cw)
-    bx, by = int(rng.integers(0, sw - crop_w + 1)), int(rng.integers(0, sh - crop_h + 1))
-    canvas = _resize(source[by : by + crop_h, bx : bx + crop_w], cw, ch)
-    if rng.random() < 0.5:
-        canvas = canvas[:, ::-1]
-    canvas = np.clip(canvas * rng.uniform(0.85, 1.1, 3).astype(np.float32), 0, 1)
+    canvas, _ = _crop_canvas(rng, source, (0, 0, source.shape[1], source.shape[0]), cw, ch, (0.35, 0.9))
     pan = rng.uniform(-0.45, 0.45, 2)
     start = np.array([margin, margin]) + rng.uniform(-0.3, 0.3, 2) * margin
-    bg_depth_plane = (2500.0 + 4500.0 * (1.0 - np.arange(ch, dtype=np.float32) / ch))[:, None]
-    bg_depth = bg_depth_plane + 500.0 * (_lum(canvas) - 0.5)
+    offsets = start + pan * np.arange(steps)[:, None]
 
     # Target.
     x1, y1, x2, y2 = _TARGET_REGIONS[int(rng.integers(len(_TARGET_REGIONS)))]
@@ -262,7 +427,7 @@ def render_sequence(
     aspect = float(np.clip((x2 - x1) / (y2 - y1), 0.5, 2.0))
     side = rng.uniform(0.14, 0.24) * min(width, height)
     size = np.array([side * math.sqrt(aspect), side / math.sqrt(aspect)])
-    scales = np.exp(np.clip(np.cumsum(rng.normal(0, 0.025, steps)), math.log(0.75), math.log(1.35)))
+    scales = _scale_walk(rng, steps)
     centres = _walk(rng, steps, width, height, size, scales)
     shown = np.ones(steps, bool)
     if rng.random() < 0.3 and frames >= 12:  # short absence
@@ -273,81 +438,29 @@ def render_sequence(
     layers = []
     if rng.random() < 0.5:  # look-alike distractor: cool in thermal, at background depth
         d_patch = np.clip(patch[:, ::-1] * rng.uniform(0.9, 1.1, 3).astype(np.float32), 0, 1)
-        d_scales = np.exp(np.clip(np.cumsum(rng.normal(0, 0.025, steps)), math.log(0.75), math.log(1.35)))
+        d_scales = _scale_walk(rng, steps)
         d_size = size * rng.uniform(0.85, 1.15)
-        layers.append(
-            _Layer(
-                d_patch,
-                _walk(rng, steps, width, height, d_size, d_scales),
-                d_scales,
-                d_size,
-                np.ones(steps, bool),
-                heat=(0.22, 0.22),
-                depth=-1.0,
-            )
-        )
+        d_centres = _walk(rng, steps, width, height, d_size, d_scales)
+        layers.append(_Layer(d_patch, d_centres, d_scales, d_size, np.ones(steps, bool), (0.22, 0.22), -1.0, "distractor"))
     layers.append(target)
-    pole = None
-    if rng.random() < 0.4:  # a static pole in front of the target path (partial occlusion)
-        t_mid = int(rng.integers(steps // 4, 3 * steps // 4))
-        pole_w = max(int(size[0] * rng.uniform(0.35, 0.6)), 3)
-        px = centres[t_mid, 0] + rng.uniform(-0.2, 0.2) * size[0] - pole_w / 2
-        pole = (px + (start[0] + pan[0] * t_mid), pole_w)  # canvas coordinates, width
+    pole = _pole(rng, centres, size, offsets) if rng.random() < 0.4 else None  # partial occlusion
     pole_tex = canvas[:, int(rng.integers(0, cw - 8)) :][:, :8].mean(axis=1, keepdims=True) * 0.6
 
     dark = rng.random() < 0.4
     gain = rng.uniform(0.06, 0.15) if dark else 1.0
-    noise_sigma = 6.0 if dark else 1.5
-
-    for t in range(steps):
-        ox, oy = (int(round(v)) for v in start + pan * t)
-        view = canvas[oy : oy + height, ox : ox + width].copy()
-        heat = 0.15 + 0.25 * _lum(view) if want_heat else None
-        depth = bg_depth[oy : oy + height, ox : ox + width].copy() if want_depth else None
-        box = None
-        for layer in layers:
-            if not layer.shown[t]:
-                continue
-            x, y, w, h = _placement(layer, t, width, height)
-            p = _resize(layer.patch, w, h)
-            view[y : y + h, x : x + w] = p
-            if heat is not None:
-                heat[y : y + h, x : x + w] = layer.heat[0] + layer.heat[1] * _lum(p)
-            if depth is not None and layer.depth > 0:
-                depth[y : y + h, x : x + w] = layer.depth + 150.0 * (_lum(p) - 0.5)
-            if layer is target:
-                box = (x, y, w, h)
-        if pole is not None:
-            px = int(round(pole[0] - ox))
-            xa, xb = max(px, 0), min(px + pole[1], width)
-            if xb > xa:
-                view[:, xa:xb] = pole_tex[oy : oy + height]
-                if heat is not None:
-                    heat[:, xa:xb] = 0.3
-                if depth is not None:
-                    depth[:, xa:xb] = 700.0
-        lum = _lum(view)
-        noise = rng.standard_normal(view.shape, dtype=np.float32) * np.float32(noise_sigma / 255.0)
-        rgb8 = np.clip(np.round((view * np.float32(gain) + noise) * 255.0), 0, 255).astype(np.uint8)
-        heat8 = np.zeros((0, 0), np.uint8)
-        if heat is not None:
-            heat8 = np.clip(np.round(heat * 255.0), 0, 255).astype(np.uint8)
-            heat8 = np.asarray(Image.fromarray(heat8).filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float32)
-            heat8 += rng_thermal.standard_normal(heat8.shape, dtype=np.float32) * np.float32(2.5)
-            heat8 = np.clip(np.round(heat8), 0, 255).astype(np.uint8)
-        depth16 = np.zeros((0, 0), np.uint16)
-        if depth is not None:
-            depth = depth * (rng_depth.random(depth.shape, dtype=np.float32) > 0.005)  # a few invalid (0) pixels
-            depth16 = np.clip(np.round(depth), 0, 65535).astype(np.uint16)
-        yield _Frame(rgb8, lum, heat8, depth16, box)
+    scene = _Scene(canvas, offsets, layers, _bg_depth(canvas), pole, pole_tex, gain, 6.0 if dark else 1.5)
+    want_heat, want_depth = "thermal" in channels, "depth" in channels
+    yield from _render_frames(scene, width, height, rng, rng_thermal if want_heat else None,
+                              rng_depth if want_depth else None)
 
 
-def _events(prev_lum: np.ndarray, lum: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _events(prev_lum: np.ndarray, lum: np.ndarray, rng: np.random.Generator, noise_rate: float = 0.002) -> np.ndarray:
+    """Event frame of the log-intensity change: positive red, negative blue, ``noise_rate`` spurious events each."""
     diff = np.log(lum * 255.0 + 10.0) - np.log(prev_lum * 255.0 + 10.0)
     img = np.zeros(lum.shape + (3,), np.uint8)
     noise = rng.random(lum.shape)
-    pos = (diff > 0.12) | (noise < 0.002)
-    neg = (diff < -0.12) | ((noise >= 0.002) & (noise < 0.004))
+    pos = (diff > 0.12) | (noise < noise_rate)
+    neg = (diff < -0.12) | ((noise >= noise_rate) & (noise < 2 * noise_rate))
     img[pos] = (255, 60, 60)
     img[neg] = (60, 60, 255)
     return img
