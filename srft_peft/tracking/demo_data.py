@@ -293,9 +293,10 @@ def _walk(
     return out
 
 
-def _placement(layer: _Layer, t: float, width: int, height: int, centre: np.ndarray | None = None) -> tuple[int, ...]:
+def _placement(
+    layer: _Layer, t: int, width: int, height: int, centre: np.ndarray | None = None
+) -> tuple[int, int, int, int]:
     """Box ``x, y, w, h`` of ``layer`` in frame ``t`` (at ``centre`` if given), clipped into the frame."""
-    t = int(t)
     centre = layer.centres[t] if centre is None else centre
     w = max(int(round(layer.size[0] * layer.scales[t])), 4)
     h = max(int(round(layer.size[1] * layer.scales[t])), 4)
@@ -341,25 +342,27 @@ def _paste(dst: np.ndarray, value: np.ndarray, mask: np.ndarray | None) -> None:
 
 
 def _draw_rgb(view: np.ndarray, layer: _Layer, t: int, width: int, height: int) -> tuple[int, int, int, int]:
-    """Draw ``layer`` into ``view`` (averaged over sub-frame positions where it is motion-blurred); return its box."""
+    """Draw ``layer`` into ``view`` and return its box; a motion-blurred frame (``layer.blur[t] > 1``) is the mean of
+    the layer drawn at that many positions between its previous and current centre."""
     box = _placement(layer, t, width, height)
-    n = 1 if layer.blur is None or t == 0 else int(layer.blur[t])
-    shots = [box] if n <= 1 else [
-        _placement(layer, t, width, height, layer.centres[t - 1] + (layer.centres[t] - layer.centres[t - 1]) * k / (n - 1))
-        for k in range(n)
-    ]
-    base = view.copy() if n > 1 else view
-    acc = np.zeros_like(view) if n > 1 else view
-    for x, y, w, h in shots:
-        p = layer.resized(w, h)
-        target = base.copy() if n > 1 else view
-        mask = p[..., 3:] if p.shape[2] == 4 else None
-        _paste(target[y : y + h, x : x + w], p[..., :3], mask)
-        if n > 1:
-            acc += target / n
-    if n > 1:
-        view[...] = acc
+    shots = 1 if layer.blur is None or t == 0 else int(layer.blur[t])
+    if shots <= 1:
+        _paste_rgb(view, layer, box)
+        return box
+    background, mean = view.copy(), np.zeros_like(view)
+    for k in range(shots):
+        centre = layer.centres[t - 1] + (layer.centres[t] - layer.centres[t - 1]) * k / (shots - 1)
+        shot = background.copy()
+        _paste_rgb(shot, layer, _placement(layer, t, width, height, centre))
+        mean += shot / shots
+    view[...] = mean
     return box
+
+
+def _paste_rgb(view: np.ndarray, layer: _Layer, box: tuple[int, int, int, int]) -> None:
+    x, y, w, h = box
+    p = layer.resized(w, h)
+    _paste(view[y : y + h, x : x + w], p[..., :3], p[..., 3:] if p.shape[2] == 4 else None)
 
 
 def _render_frames(
