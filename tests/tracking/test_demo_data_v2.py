@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+import srft_peft.tracking.demo_data as dm
 from srft_peft.tracking.datasets import load_dataset
 from srft_peft.tracking.demo_data import (
     DEMO_LAYOUTS,
@@ -91,6 +92,32 @@ def test_pools_are_disjoint_in_the_manifest_and_in_source_pixels(v2_sets):
         assert not hashes[p] & hashes[q], (p, q)
     test_targets = {m["scenes"][n]["target"][0] for m in manifests for n in m["sequences"].get("test", [])}
     assert len(test_targets) >= 2  # test targets come from several sources
+
+
+@pytest.mark.parametrize("split", ["train", "test", "retention"])
+def test_scenes_read_no_source_pixel_outside_their_pool(monkeypatch, split):
+    """Independent of the manifest: every source pixel outside ``split``'s pool is NaN, and NaN would reach the frame
+    from any pixel a target, distractor, clutter piece or background read (even where a silhouette hides it)."""
+    pools = dm._v2_pools()  # computed from the clean images, before they are poisoned
+    poisoned = {}
+    for name in dm._V2_SOURCES:
+        image = np.full_like(dm._v2_image(name), np.nan)
+        for source, x1, y1, x2, y2 in pools[split]["objects"] + pools[split]["backgrounds"]:
+            if source == name:
+                image[y1:y2, x1:x2] = dm._v2_image(name)[y1:y2, x1:x2]
+        poisoned[name] = image
+    monkeypatch.setattr(dm, "_v2_image", poisoned.__getitem__)
+    modalities = ["rgb"] if split == "retention" else ["rgbt", "rgbd", "rgbe"]
+    with np.errstate(invalid="ignore"):
+        for modality, index in itertools.product(modalities, range(4)):
+            scene, _ = dm._render_v2(0, modality, split, index, 6, (64, 48))
+            assert all(np.isfinite(frame.lum).all() for frame in scene), (modality, index)
+    every = {name: np.concatenate([np.full_like(image[..., :3], np.nan), np.ones_like(image[..., 3:])], axis=2)
+             for name, image in poisoned.items()}
+    monkeypatch.setattr(dm, "_v2_image", every.__getitem__)
+    with np.errstate(invalid="ignore"):  # the check can fail: with every colour poisoned, NaN shows
+        assert not np.isfinite(next(dm._render_v2(0, "rgbt", split if split != "retention" else "val", 0, 6,
+                                                  (64, 48))[0]).lum).all()
 
 
 @pytest.mark.parametrize("modality", ["rgbt", "rgbd", "rgbe", "rgb"])
