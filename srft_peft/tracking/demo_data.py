@@ -238,10 +238,9 @@ class _Layer:
     scales: np.ndarray  # (T,)
     size: np.ndarray  # (2,) base w, h in pixels
     shown: np.ndarray  # (T,) bool
-    heat: tuple[float, float]  # thermal = heat[0] + heat_shift[t] + heat[1] * luminance
+    heat: tuple[float, float]  # thermal = heat[0] + heat[1] * luminance
     depth: float  # millimetres; <= 0: the layer does not show in depth
     role: str = "target"
-    heat_shift: np.ndarray | None = None  # (T,) per-frame temperature change (v2)
     blur: np.ndarray | None = None  # (T,) int: sub-frame positions averaged for motion blur (v2); None = 1
     _cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -250,9 +249,6 @@ class _Layer:
         if (w, h) not in self._cache:
             self._cache[(w, h)] = _resize(self.patch, w, h)
         return self._cache[(w, h)]
-
-    def heat_at(self, t: int) -> float:
-        return self.heat[0] if self.heat_shift is None else self.heat[0] + float(self.heat_shift[t])
 
 
 def _walk(
@@ -372,7 +368,6 @@ def _render_frames(
     rng: np.random.Generator,
     rng_thermal: np.random.Generator | None,
     rng_depth: np.random.Generator | None,
-    invalid_depth: float = 0.005,
 ) -> Iterator[_Frame]:
     """Composite ``scene`` frame by frame; ``rng_thermal`` / ``rng_depth`` None: that channel is left empty."""
     for t in range(len(scene.offsets)):
@@ -392,7 +387,7 @@ def _render_frames(
             mask = p[..., 3] if p.shape[2] == 4 else None
             lum_p = _lum(p[..., :3])
             if heat is not None:
-                _paste(heat[y : y + h, x : x + w], layer.heat_at(t) + layer.heat[1] * lum_p, mask)
+                _paste(heat[y : y + h, x : x + w], layer.heat[0] + layer.heat[1] * lum_p, mask)
             if depth is not None and layer.depth > 0:
                 _paste(depth[y : y + h, x : x + w], layer.depth + 150.0 * (lum_p - 0.5), mask)
             if layer.role == "target":
@@ -418,7 +413,7 @@ def _render_frames(
             heat8 = np.clip(np.round(heat8), 0, 255).astype(np.uint8)
         depth16 = np.zeros((0, 0), np.uint16)
         if depth is not None:
-            depth = depth * (rng_depth.random(depth.shape, dtype=np.float32) > invalid_depth)  # invalid (0) pixels
+            depth = depth * (rng_depth.random(depth.shape, dtype=np.float32) > 0.005)  # a few invalid (0) pixels
             depth16 = np.clip(np.round(depth), 0, 65535).astype(np.uint16)
         yield _Frame(rgb8, lum, heat8, depth16, box, tuple(boxes))
 
