@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 from srft_peft.tracking.datasets import load_dataset
 from srft_peft.tracking.demo_data import (
     DEMO_LAYOUTS,
+    _events,
     default_demo_root,
     load_demo_dataset,
     make_demo_dataset,
@@ -114,3 +116,27 @@ def test_x_modality_shows_the_target_when_rgb_is_dark():
         assert depth_target < np.median(frame.depth[~mask & (frame.depth > 0)])  # target nearer
         found += 1
     assert found >= 2
+
+
+def test_version_1_output_is_unchanged(tmp_path):
+    """v1 stays the default and renders what it rendered before v2 was added (hash taken on the original generator:
+    raw arrays, so JPEG/PNG encoder versions do not matter); its manifest keeps exactly its original parameters."""
+    digest = hashlib.sha256()
+    for split in ("train", "test"):
+        for index in range(3):
+            prev, rng = None, np.random.default_rng(5)
+            for frame in render_sequence(3, split, index, 10, (64, 48)):
+                for array in (frame.rgb, frame.lum.astype(np.float32), frame.thermal, frame.depth):
+                    digest.update(array.tobytes())
+                digest.update(repr(frame.box).encode())
+                if prev is not None:
+                    digest.update(_events(prev, frame.lum, rng).tobytes())
+                prev = frame.lum
+    assert digest.hexdigest() == "e4847ddb191dd08b1c6095cecafd56554fc1b18d55c1edf2966542364517e7a9"
+    root = make_demo_dataset(tmp_path / "v1", modality="rgbe", **SMALL)
+    manifest = _manifest(root)
+    assert manifest["generator_version"] == 1
+    assert sorted(p.name for p in root.iterdir()) == ["MANIFEST.json", "test", "train"]
+    assert manifest["params"] == {"modality": "rgbe", "num_train": 2, "num_test": 1, "frames": 12, "image_size": [64, 48],
+                                  "seed": 0}
+    assert (root / "train" / "rgbe_train_000" / "vis_imgs" / "frame0000.bmp").is_file()
