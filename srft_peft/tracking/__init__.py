@@ -6,6 +6,7 @@ Example:
     >>> results = finetune_rgbx(FinetuneConfig(method="srft", modality="rgbt"))  # doctest: +SKIP
 """
 
+from .cache import default_cache_dir, file_lock
 from .checkpoint_io import (
     CheckpointFormatError,
     InertObject,
@@ -76,8 +77,10 @@ from .model import (
 from .plots import plot_precision, plot_success, plot_summaries
 from .sampling import PairSamplingConfig, TrackingPairDataset, collate
 from .tracker import Tracker, hann2d
-from .training import (
+from .train import (
+    CLIP_ORDERS,
     METHODS,
+    PRIOR_SCOPES,
     SRFT_PRESETS,
     FinetuneConfig,
     PretrainConfig,
@@ -113,7 +116,10 @@ __all__ = [
     "evaluate_results", "PROTOCOLS", "Protocol", "precision_curve", "normalized_precision_curve", "success_curve",
     "auc", "long_term_precision_recall", "box_iou", "center_error", "normalized_center_error",
     "plot_success", "plot_precision", "plot_summaries",
-    # training recipes (training.py)
+    # caches (cache.py)
+    "default_cache_dir", "file_lock",
+    # training recipes (the train/ package)
     "finetune_rgbx", "FinetuneConfig", "pretrain_rgb", "PretrainConfig", "ensure_pretrained_rgb", "load_pretrained_rgb",
     "build_finetune_model", "method_srft_config", "format_results_table", "METHODS", "SRFT_PRESETS",
+    "CLIP_ORDERS", "PRIOR_SCOPES",
 ]

@@ -1,5 +1,5 @@
 """The fine-tuning examples end to end (accelerate with 2 gloo processes, plain python), exact resumption, and the
-method presets of srft_peft.tracking.training."""
+method presets of srft_peft.tracking.train."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from srft_peft.tracking import OSTrackRGBX, TrackerConfig, load_tracker
-from srft_peft.tracking.training import (
+from srft_peft.tracking.train import (
     METHODS,
     FinetuneConfig,
     build_finetune_model,
@@ -176,7 +176,7 @@ def test_command_line_maps_onto_the_config():
 
 
 def test_ensure_pretrained_rgb_caches_by_recipe(tmp_path, monkeypatch):
-    from srft_peft.tracking import training
+    from srft_peft.tracking.train import pretrain as training
 
     monkeypatch.setenv("SRFT_DEMO_ROOT", str(tmp_path / "demo"))
     monkeypatch.setattr(training, "PRETRAIN_DEMO", {"modality": "rgb", "num_train": 2, "num_test": 1, "seed": 1,
