@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import types
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from srft_peft import SRFTConfig, SRFTModel, get_srft_model
@@ -214,3 +216,33 @@ def test_start_row_is_the_converted_model_on_rgb_x(tiny_data, tmp_path, fresh_ac
     assert "converted dual-stream model" in results["baseline"]
     rgb_row = evaluate_tracker(rgb, seqs, None, torch.device("cpu"), progress=False)
     assert results["rgb_tracker_metrics"]["SR"] == pytest.approx(rgb_row["SR"])
+
+
+def test_resumed_early_stopping_keeps_the_validation_history_and_best_weights(tiny_data, tmp_path, fresh_accelerate,
+                                                                               monkeypatch):
+    """Interrupted after step 2 (best so far: step 1), resumed: steps 0-2 are not re-validated, the best weights of
+    step 1 come back from best_model/ and are the ones tested when step 3 is worse."""
+    scripted = iter([0.1, 0.8, 0.5, 0.3, 0.3])
+    real = finetune_module.evaluate_tracker
+
+    def fake(model, seqs, results_dir, device, progress, rgb_input=False):
+        if results_dir is not None:
+            return real(model, seqs, results_dir, device, progress, rgb_input)
+        return {"SR": next(scripted), "PR": 0.0, "NPR": 0.0, "per_sequence": {}}
+
+    monkeypatch.setattr(finetune_module, "evaluate_tracker", fake)
+    cfg = _common(tiny_data, tmp_path, eval_every=1, early_stopping=True, save_every=1, keep_checkpoints=0,
+                  val_root=str(tiny_data["rgbt"] / "test"), evaluate_baseline=False)
+    first = finetune_rgbx(cfg)
+    assert first["final_step"] == 1
+    tested = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_000003")
+    shutil.rmtree(tmp_path / "run" / "model")
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = finetune_rgbx(cfg, resume="latest")
+    assert [e["SR"] for e in resumed["validation"]["history"]] == [0.1, 0.8, 0.5, 0.3]  # one new validation
+    assert next(scripted, None) is None  # 4 validations in the first run, 1 (step 3) in the resumed one
+    assert resumed["final_step"] == 1 and resumed["validation"]["best_step"] == 1
+    again = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert all(torch.equal(tested[k], again[k]) for k in tested)
