@@ -174,9 +174,8 @@ def test_early_stopping_without_validation_split_is_refused_before_writing(tiny_
     assert not (tmp_path / "run").exists()
 
 
-def test_early_stopping_tests_the_best_validation_weights(tiny_data, tmp_path, fresh_accelerate, monkeypatch):
-    """Validation SR scripted as 0.1, 0.2, 0.9, 0.3 at steps 0..3: the tested weights are those of step 2."""
-    scripted = iter([0.1, 0.2, 0.9, 0.3])
+def _script_validation(monkeypatch, scripted):
+    """Validation SR values taken from ``scripted`` (test evaluations, which write results, stay real)."""
     real = finetune_module.evaluate_tracker
 
     def fake(model, seqs, results_dir, device, progress, rgb_input=False):
@@ -185,6 +184,12 @@ def test_early_stopping_tests_the_best_validation_weights(tiny_data, tmp_path, f
         return {"SR": next(scripted), "PR": 0.0, "NPR": 0.0, "per_sequence": {}}
 
     monkeypatch.setattr(finetune_module, "evaluate_tracker", fake)
+    return scripted
+
+
+def test_early_stopping_tests_the_best_validation_weights(tiny_data, tmp_path, fresh_accelerate, monkeypatch):
+    """Validation SR scripted as 0.1, 0.2, 0.9, 0.3 at steps 0..3: the tested weights are those of step 2."""
+    _script_validation(monkeypatch, iter([0.1, 0.2, 0.9, 0.3]))
     cfg = _common(tiny_data, tmp_path, eval_every=1, early_stopping=True, save_every=1, keep_checkpoints=0,
                   val_root=str(tiny_data["rgbt"] / "test"), evaluate_rgb=True)
     results = finetune_rgbx(cfg)
@@ -222,15 +227,7 @@ def test_resumed_early_stopping_keeps_the_validation_history_and_best_weights(ti
                                                                                monkeypatch):
     """Interrupted after step 2 (best so far: step 1), resumed: steps 0-2 are not re-validated, the best weights of
     step 1 come back from best_model/ and are the ones tested when step 3 is worse."""
-    scripted = iter([0.1, 0.8, 0.5, 0.3, 0.3])
-    real = finetune_module.evaluate_tracker
-
-    def fake(model, seqs, results_dir, device, progress, rgb_input=False):
-        if results_dir is not None:
-            return real(model, seqs, results_dir, device, progress, rgb_input)
-        return {"SR": next(scripted), "PR": 0.0, "NPR": 0.0, "per_sequence": {}}
-
-    monkeypatch.setattr(finetune_module, "evaluate_tracker", fake)
+    scripted = _script_validation(monkeypatch, iter([0.1, 0.8, 0.5, 0.3, 0.3]))
     cfg = _common(tiny_data, tmp_path, eval_every=1, early_stopping=True, save_every=1, keep_checkpoints=0,
                   val_root=str(tiny_data["rgbt"] / "test"), evaluate_baseline=False)
     first = finetune_rgbx(cfg)
