@@ -36,17 +36,17 @@ import torch
 
 from srft_peft.checkpoint import ESTIMATION_FIELDS
 from srft_peft.tracking.model import FUSION_INITS
-from srft_peft.tracking.training import (
+from srft_peft.tracking.train import (
     METHODS,
     SRFT_METHODS,
     FinetuneConfig,
-    _parse_override,
     finetune_rgbx,
     method_srft_config,
+    parse_override,
 )
 
 METRICS = ("SR", "PR", "NPR")
-BASELINE = "RGB tracker (no fine-tuning)"
+BASELINE = "start: converted model (step 0)"
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def plan(args: argparse.Namespace) -> list[Run]:
                 points = [(method, srft)]
                 if args.sweep and method in SRFT_METHODS:
                     key, values = args.sweep[0], args.sweep[1:]
-                    points = [(f"{method} {key}={v}", {**srft, key: _parse_override(f"{key}={v}")[1]}) for v in values]
+                    points = [(f"{method} {key}={v}", {**srft, key: parse_override(f"{key}={v}")[1]}) for v in values]
                 for label, overrides in points:
                     runs.append(Run(modality, method, seed, label, {**common, "srft_overrides": overrides}))
     return runs
@@ -256,11 +256,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-sequences", type=int, default=None, help="evaluate on the first N test sequences")
     parser.add_argument("--fusion-init", default="identity", choices=list(FUSION_INITS),
                         help="how the dual-stream fusion blocks start (see OSTrackRGBX.init_from_rgb)")
-    parser.add_argument("--srft", nargs="*", default=[], type=_parse_override,
+    parser.add_argument("--srft", nargs="*", default=[], type=parse_override,
                         help="SRFTConfig overrides for the methods with SRFT, e.g. lambda_prior=3.0 prior_rank=16")
     parser.add_argument("--sweep", nargs="+", metavar=("KEY", "VALUE"), default=None,
                         help="an SRFTConfig field and its values: one run per value for each method with SRFT")
-    parser.add_argument("--set", nargs="*", default=[], type=_parse_override, metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="*", default=[], type=parse_override, metavar="KEY=VALUE",
                         help="other FinetuneConfig fields of every run, e.g. data_root=... pretrained=... lr=3e-4")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--quick", action="store_true", help="rgbt, srft/full/lora, one seed, 8 steps, 1 sequence")

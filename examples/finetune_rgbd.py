@@ -11,10 +11,10 @@ fine-tuned with SRFT and evaluated; the metrics are printed and the plots writte
     python examples/finetune_rgbd.py --resume                          # continue from output_dir/checkpoints
     python examples/finetune_rgbd.py --data-root /data/DepthTrack --pretrained OSTrack_ep0300.pth.tar --variant base
 
-All flags: --help. The code is srft_peft.tracking.training (finetune_rgbx); see docs/tracking.md.
+All flags: --help. The code is srft_peft.tracking.train (finetune_rgbx); see docs/tracking.md.
 """
 
-from srft_peft.tracking.training import finetune_main
+from srft_peft.tracking.train import finetune_main
 
 if __name__ == "__main__":
     finetune_main("rgbd", description=__doc__.splitlines()[0])

@@ -6,15 +6,16 @@ fine-tuned with SRFT and evaluated; the metrics are printed and the plots writte
 
     python examples/finetune_rgbt.py                                   # the demo
     python examples/finetune_rgbt.py --method full --steps 300         # a baseline: full / prompt / lora / ewc / ...
+    python examples/finetune_rgbt.py --method full --eval-every 10 --early-stopping   # full + early stop (val split)
     accelerate launch examples/finetune_rgbt.py --mixed-precision bf16  # accelerate (set up with accelerate config)
     accelerate launch --multi_gpu --num_processes 2 examples/finetune_rgbt.py   # 2 processes (gloo on CPU)
     python examples/finetune_rgbt.py --resume                          # continue from output_dir/checkpoints
     python examples/finetune_rgbt.py --data-root /data/LasHeR --pretrained OSTrack_ep0300.pth.tar --variant base
 
-All flags: --help. The code is srft_peft.tracking.training (finetune_rgbx); see docs/tracking.md.
+All flags: --help. The code is srft_peft.tracking.train (finetune_rgbx); see docs/tracking.md.
 """
 
-from srft_peft.tracking.training import finetune_main
+from srft_peft.tracking.train import finetune_main
 
 if __name__ == "__main__":
     finetune_main("rgbt", description=__doc__.splitlines()[0])

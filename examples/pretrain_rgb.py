@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 
 from srft_peft.tracking import TrackerConfig, load_tracker
-from srft_peft.tracking.training import PretrainConfig, ensure_pretrained_rgb, pretrain_rgb
+from srft_peft.tracking.train import PretrainConfig, ensure_pretrained_rgb, pretrain_rgb
 
 
 def main() -> None:

@@ -170,6 +170,15 @@ class SRFTConfig:
     kappa_step_at: float = field(
         default=0.5, metadata={"help": "'step' shape: fraction of training at which kappa drops from start to end."}
     )
+    kappa_horizon: float = field(
+        default=1.0,
+        metadata={
+            "help": "Fraction of total_steps over which kappa goes from kappa_start to kappa_end (then stays at "
+            "kappa_end), in (0, 1]. 1 ties kappa's shape to the whole run, i.e. to a cosine learning rate's; below 1 "
+            "the transfer term acts while the learning rate is still large (cosine lr and kappa: 0.5 puts 54 % of the "
+            "lr-weighted update under the transfer term instead of 25 %). 'step': kappa_step_at is a fraction of it."
+        },
+    )
     total_steps: Union[int, None] = field(
         default=None,
         metadata={
@@ -237,6 +246,7 @@ class SRFTConfig:
         self._check_range("kappa_start", 0.0, 1.0)
         self._check_range("kappa_end", 0.0, 1.0)
         self._check_range("kappa_step_at", 0.0, 1.0)
+        self._check_range("kappa_horizon", 0.0, 1.0, low_open=True)
         if self.total_steps is not None and (isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int)
                                              or self.total_steps < 1):
             raise ValueError(f"total_steps must be a positive integer or None, got {self.total_steps!r}")

@@ -6,6 +6,7 @@ Example:
     >>> results = finetune_rgbx(FinetuneConfig(method="srft", modality="rgbt"))  # doctest: +SKIP
 """
 
+from .cache import default_cache_dir, file_lock
 from .checkpoint_io import (
     CheckpointFormatError,
     InertObject,
@@ -89,8 +90,10 @@ from .model import (
 from .plots import plot_precision, plot_success, plot_summaries
 from .sampling import PairSamplingConfig, TrackingPairDataset, collate
 from .tracker import Tracker, hann2d
-from .training import (
+from .train import (
+    CLIP_ORDERS,
     METHODS,
+    PRIOR_SCOPES,
     SRFT_PRESETS,
     FinetuneConfig,
     PretrainConfig,
@@ -129,7 +132,10 @@ __all__ = [
     # paired comparisons of methods (compare.py)
     "paired_difference", "bootstrap_means", "summarize", "decide_claim", "compare_methods", "format_comparison_table",
     "PairedDifference", "MethodSummary", "ModalityVerdict", "ClaimVerdict", "MethodComparison",
-    # training recipes (training.py)
+    # caches (cache.py)
+    "default_cache_dir", "file_lock",
+    # training recipes (the train/ package)
     "finetune_rgbx", "FinetuneConfig", "pretrain_rgb", "PretrainConfig", "ensure_pretrained_rgb", "load_pretrained_rgb",
     "build_finetune_model", "method_srft_config", "format_results_table", "METHODS", "SRFT_PRESETS",
+    "CLIP_ORDERS", "PRIOR_SCOPES",
 ]

@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gzip
 import hashlib
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .cache import file_lock
 from .datasets import Sequence, load_dataset
 
 __all__ = [
@@ -902,23 +902,6 @@ def _write_sequence(writer: _Writer, cfg: DemoConfig, split: str, index: int) ->
     return name, record
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Inter-process lock (POSIX ``flock``; a no-op where unavailable) so that concurrent ranks build once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _read_manifest(root: Path) -> dict[str, Any] | None:
     try:
         return json.loads((root / "MANIFEST.json").read_text())
@@ -963,7 +946,7 @@ def make_demo_dataset(
                      num_retention=num_retention)
     root = Path(root).expanduser() if root is not None else default_demo_root() / modality
     params = cfg.params()
-    with _lock(root.parent / f".{root.name}.lock"):
+    with file_lock(root.parent / f".{root.name}.lock"):
         manifest = _read_manifest(root)
         fresh = (
             manifest is not None

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     """Demo RGB-T / RGB-D / RGB-E sets (2 train, 1 test sequence of 12 frames), an RGB set and a 3-step RGB tracker."""
     from srft_peft.tracking.demo_data import make_demo_dataset
-    from srft_peft.tracking.training import PretrainConfig, pretrain_rgb
+    from srft_peft.tracking.train import PretrainConfig, pretrain_rgb
 
     root = tmp_path_factory.mktemp("examples")
     paths = {m: make_demo_dataset(root / m, modality=m, num_train=2, num_test=1, frames=12) for m in

@@ -1,5 +1,5 @@
 """The fine-tuning examples end to end (accelerate with 2 gloo processes, plain python), exact resumption, and the
-method presets of srft_peft.tracking.training."""
+method presets of srft_peft.tracking.train."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from srft_peft.tracking import OSTrackRGBX, TrackerConfig, load_tracker, training
-from srft_peft.tracking.training import (
+from srft_peft.tracking import OSTrackRGBX, TrackerConfig, load_tracker
+from srft_peft.tracking.train import (
     METHODS,
     FinetuneConfig,
     build_finetune_model,
@@ -25,6 +25,8 @@ from srft_peft.tracking.training import (
     format_results_table,
     method_srft_config,
 )
+from srft_peft.tracking.train.common import set_seed
+from srft_peft.tracking.train.methods import tracker_of
 
 from .conftest import REPO
 
@@ -115,11 +117,11 @@ def test_every_method_trains_and_evaluates(method, tiny_data, tmp_path, accelera
     assert results["steps"] == 2 and np.isfinite(results["final_loss"])
     # training moved the method's trainable weights, and only those: the saved tracker against the start that
     # finetune_rgbx built (same seed; LoRA merged, its B starts at zero)
-    training._set_seed(cfg.seed)
+    set_seed(cfg.seed)
     built = build_finetune_model(method, load_tracker(tiny_data["tracker"]))
     trainable = {n.replace("base_model.model.", "").replace(".base_layer", "") for n, p in built.named_parameters()
                  if p.requires_grad}
-    start = training._tracker_of(built).state_dict()
+    start = tracker_of(built).state_dict()
     final = load_file(str(tmp_path / method / "model" / "model.safetensors"))
     assert final.keys() == start.keys()
     moved = {k for k in start if not torch.equal(start[k], final[k])}
@@ -192,7 +194,7 @@ def test_command_line_maps_onto_the_config():
 
 
 def test_ensure_pretrained_rgb_caches_by_recipe(tmp_path, monkeypatch):
-    from srft_peft.tracking import training
+    from srft_peft.tracking.train import pretrain as training
 
     monkeypatch.setenv("SRFT_DEMO_ROOT", str(tmp_path / "demo"))
     monkeypatch.setattr(training, "PRETRAIN_DEMO", {"modality": "rgb", "num_train": 2, "num_test": 1, "seed": 1,

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from srft_peft.tracking import OSTrackRGBX, PartialLoadError, load_rgb_checkpoint, load_tracker, save_tracker
 from srft_peft.tracking.datasets import load_lasher, read_boxes
 from srft_peft.tracking.evaluation import load_results
-from srft_peft.tracking.training import FinetuneConfig, finetune_rgbx, load_pretrained_rgb
+from srft_peft.tracking.train import FinetuneConfig, finetune_rgbx, load_pretrained_rgb
 from tests.tracking.test_model import TX, TZ, ostrack_style_state, tiny_cfg
 
 REPO = Path(__file__).resolve().parents[2]

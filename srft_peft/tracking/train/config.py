@@ -1,0 +1,281 @@
+"""The recipes: :class:`PretrainConfig` (RGB pretraining) and :class:`FinetuneConfig` (RGB-X fine-tuning), every
+field documented and validated (a bad value raises ``ValueError`` naming the field and the value).
+
+Choices of the fine-tuning recipe (each a field):
+
+* Prior calibration (``srft``, ``srft-prior-only``, ``ewc``): the objective is the tracking loss of the
+  RGB-initialised dual-stream model itself, on RGB (pretraining-domain) pairs fed as RGB-X input ``[rgb, rgb]``
+  (X := RGB), ``prior_batches`` batches. The RGB pairs come from ``rgb_root``, or the demo RGB pretraining set when
+  the default demo tracker is used, or else the RGB channels of the RGB-X training sequences.
+* ``prior_scope``: what the prior covers (default ``"pretrained"``: not the weights whose pretrained value has no
+  RGB meaning; see :func:`~srft_peft.tracking.train.methods.prior_scope_fields`).
+* AdamW with ``weight_decay=0`` on the parameters SRFT regularizes (decay would pull them toward 0 instead of toward
+  the pretrained weights theta0) and ``weight_decay`` on the other trainable parameters (all of them for ``full``,
+  ``prompt``, ``lora``); one learning rate for all trainable parameters, cosine decay to 0 after ``warmup_steps``.
+* ``clip_order``: gradients are clipped to ``grad_clip`` (OSTrack: 0.1) after the prior gradient is added
+  (``"total"``, default: the nominal lambda is the effective one, and EWC / L2-SP, whose penalty enters the same way,
+  are clipped alike) or before (``"task"``, the first recipe's order).
+* ``kappa_horizon``: kappa(t) reaches kappa_end after this fraction of the steps (1 = the lr's cosine shape).
+* Steps, not epochs: training draws ``steps * grad_accum * batch_size * num_processes`` pairs, item ``i`` seeded by
+  ``(seed, i)``, so a run is deterministic given its seed and a resumed run skips exactly the batches already used.
+* Validation (``eval_every``) on the ``val`` split when the data has one; ``early_stopping`` keeps the weights of
+  the best validation SR for the test evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...config import SRFTConfig
+from ..model import FUSION_INITS
+from .methods import METHODS, PRIOR_SCOPES, SRFT_METHODS, method_srft_config
+
+__all__ = ["CLIP_ORDERS", "DEFAULT_LR", "MODALITY_DATASETS", "FinetuneConfig", "PretrainConfig"]
+
+DEFAULT_LR = {"prompt": 1e-3, "lora": 1e-3}  # PEFT methods train few, freshly initialised weights
+DEFAULT_FULL_LR = 2e-4
+MODALITY_DATASETS = {"rgbt": "lasher", "rgbd": "depthtrack", "rgbe": "visevent"}
+CLIP_ORDERS = ("total", "task")
+TINY_SIZES = (32, 64)  # template / search crop of the CPU demo tracker (4 + 16 tokens at patch 16)
+OSTRACK_JITTER = (3.0, 0.25)  # OSTrack's search-region centre / scale jitter
+DEMO_JITTER = (1.5, 0.5)  # the demo tracker's: centre jitter halved, scale jitter doubled (see PretrainConfig)
+
+
+@dataclass
+class PretrainConfig:
+    """Recipe of :func:`pretrain_rgb` (OSTrack's recipe scaled down to a CPU-sized tracker and data set)."""
+
+    steps: int = field(default=900, metadata={"help": "Optimizer steps."})
+    batch_size: int = field(default=16, metadata={"help": "Pairs per step."})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (OSTrack: 4e-4 with an MAE-initialised "
+                                                     "ViT; a ViT from scratch needs more), cosine decay to 0."})
+    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps before the cosine decay."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (OSTrack: 1e-4)."})
+    grad_clip: float = field(default=0.1, metadata={"help": "Gradient-norm clip (OSTrack: 0.1); 0 = off."})
+    center_jitter: float = field(
+        default=DEMO_JITTER[0],
+        metadata={"help": "Search-centre jitter (OSTrack: 3). Halved: a tiny tracker trained from scratch for minutes "
+                  "learns to localise faster when the target stays nearer the centre, where the tracker looks."},
+    )
+    scale_jitter: float = field(
+        default=DEMO_JITTER[1],
+        metadata={"help": "Search log-scale jitter (OSTrack: 0.25). Doubled: a wider range of target sizes teaches "
+                  "the size head to correct a wrong previous box instead of compounding it."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the initialisation and of the pair sampling."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"PretrainConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"PretrainConfig.warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything :func:`finetune_rgbx` needs; every field is a command-line flag of the examples."""
+
+    method: str = field(default="srft", metadata={"help": f"One of {', '.join(METHODS)}."})
+    modality: str = field(default="rgbt", metadata={"help": "X modality: rgbt, rgbd or rgbe."})
+    data_root: str | None = field(
+        default=None,
+        metadata={"help": "Dataset root holding the train and test splits (e.g. LasHeR with trainingset/ and "
+                  "testingset/); default: the demo set of the modality, created if absent."},
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Loader name (lasher, rgbt234, gtot, depthtrack, visevent, fe108, coesot, ...); default: "
+                  "lasher / depthtrack / visevent for rgbt / rgbd / rgbe."},
+    )
+    train_root: str | None = field(default=None, metadata={"help": "Training split folder (overrides data_root)."})
+    test_root: str | None = field(default=None, metadata={"help": "Test split folder (overrides data_root)."})
+    val_root: str | None = field(
+        default=None, metadata={"help": "Validation split folder; default: the val/ split under the data root (or of "
+                                "the demo set) when there is one, else no validation."}
+    )
+    train_split_file: str | None = field(default=None, metadata={"help": "File listing training sequence names."})
+    test_split_file: str | None = field(default=None, metadata={"help": "File listing test sequence names."})
+    pretrained: str | None = field(
+        default=None,
+        metadata={"help": "RGB tracker: a save_tracker folder or an OSTrack .pth.tar; default: the cached demo tracker "
+                  "(pretrained on the demo RGB set when absent)."},
+    )
+    variant: str = field(default="tiny", metadata={"help": "ViT size when --pretrained is a .pth.tar: tiny/small/base."})
+    template_size: int | None = field(default=None, metadata={"help": "Template crop for a .pth.tar (base: 128)."})
+    search_size: int | None = field(default=None, metadata={"help": "Search crop for a .pth.tar (base: 256)."})
+    allow_partial_load: bool = field(
+        default=False,
+        metadata={"help": "Accept a --pretrained .pth.tar whose keys or shapes do not all match the tracker (the rest "
+                  "stays randomly initialised); by default that is an error."},
+    )
+    prior: str | None = field(
+        default=None,
+        metadata={"help": "Prior significance to load (folder or Hub repo id, see srft.save_pretrained); default: "
+                  "estimate it on RGB pairs."},
+    )
+    rgb_root: str | None = field(
+        default=None,
+        metadata={"help": "RGB-only sequences (<seq>/img + groundtruth.txt; with train/ and test/ or the sequences "
+                  "themselves) for the prior and for --evaluate-rgb; default: the demo RGB set with the demo tracker, "
+                  "else the RGB channels of the RGB-X sequences."},
+    )
+    prior_batches: int = field(default=8, metadata={"help": "Calibration batches for the prior."})
+    output_dir: str = field(default="outputs/finetune", metadata={"help": "Where results, plots, logs, model go."})
+    steps: int = field(default=150, metadata={"help": "Optimizer steps."})
+    batch_size: int = field(default=16, metadata={"help": "Pairs per process and micro-batch."})
+    lr: float | None = field(
+        default=None, metadata={"help": "Learning rate; default 2e-4 (full, SRFT family) or 1e-3 (prompt, lora)."}
+    )
+    weight_decay: float = field(
+        default=1e-4, metadata={"help": "AdamW weight decay of the parameters SRFT does not regularize (0 on those it "
+                                "does)."}
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps before the cosine."})
+    grad_clip: float = field(default=0.1, metadata={"help": "Gradient-norm clip (OSTrack: 0.1); 0 = off."})
+    clip_order: str = field(
+        default="total",
+        metadata={"help": "What grad_clip clips: 'total' = the task gradient plus the prior (EWC / L2-SP penalty) "
+                  "gradient lambda_p(t) grad R_prior, added before clipping (srft.add_prior_gradient), so the "
+                  "effective lambda is the nominal one; 'task' = the task gradient only, the prior gradient added "
+                  "after clipping by the optimizer hook (the effective lambda then grows as the clip shrinks the task "
+                  "gradient: about 17x nominal on the demo)."},
+    )
+    prior_scope: str = field(
+        default="pretrained",
+        metadata={"help": "What SRFT / EWC / L2-SP regularize in the dual-stream tracker: 'all' (every trainable "
+                  "parameter but the head), 'pretrained' (all but the weights without RGB meaning: the X-stream "
+                  "patch embedding, and the fusion blocks' attn.proj / mlp.fc2 under identity fusion init) or "
+                  "'rgb-stream' (the RGB stream only). srft_overrides target_modules / exclude_modules win."},
+    )
+    kappa_horizon: float = field(
+        default=1.0,
+        metadata={"help": "SRFTConfig.kappa_horizon of the SRFT methods: fraction of the steps over which kappa goes "
+                  "from kappa_start to kappa_end (1 = kappa has the learning rate's cosine shape)."},
+    )
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps (micro-batches per step)."})
+    center_jitter: float | None = field(
+        default=None, metadata={"help": "Search-centre jitter of the training pairs; default: the demo tracker's 1.5 "
+                                "with the demo tracker, OSTrack's 3 otherwise."}
+    )
+    scale_jitter: float | None = field(
+        default=None, metadata={"help": "Search log-scale jitter; default: 0.5 with the demo tracker, OSTrack's 0.25 "
+                                "otherwise."}
+    )
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (fp16 needs a GPU)."})
+    seed: int = field(default=0, metadata={"help": "Seed (model initialisation, pair sampling)."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "Intra-op CPU threads per process; default 1 on the CPU unless OMP_NUM_THREADS "
+                                "is set (the small tracker gains nothing from more, and they contend)."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "lora: rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "lora: alpha."})
+    fusion_init: str = field(
+        default="identity", metadata={"help": "Dual-stream fusion blocks at step 0: 'identity' (the model fed [rgb, "
+                                      "rgb] is the RGB tracker) or 'copy' (the SRFT authors'); see "
+                                      "OSTrackRGBX.init_from_rgb."}
+    )
+    srft_overrides: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "SRFTConfig fields on top of the method's preset (e.g. prior_rank)."}
+    )
+    save_every: int = field(default=100, metadata={"help": "accelerator.save_state every N steps (0 = never)."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "Newest checkpoints kept in output_dir/checkpoints."})
+    resume: str | None = field(
+        default=None, metadata={"help": "Resume from a checkpoint folder, or 'latest' in output_dir/checkpoints."}
+    )
+    log_every: int = field(default=10, metadata={"help": "Log loss/kappa/penalty every N steps."})
+    report_to: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker ('none' = off)."})
+    eval_sequences: int | None = field(default=None, metadata={"help": "Evaluate on the first N test sequences."})
+    eval_frames: int | None = field(default=None, metadata={"help": "Evaluate on the first N frames of each."})
+    eval_every: int = field(
+        default=0, metadata={"help": "Evaluate on the validation sequences every N steps (and at step 0 and the last "
+                             "step); the curve goes to results.json 'validation'. 0 = never."}
+    )
+    val_sequences: int | None = field(
+        default=None, metadata={"help": "Validate on the first N validation sequences (eval_frames frames each)."}
+    )
+    early_stopping: bool = field(
+        default=False, metadata={"help": "Keep the weights of the best validation SR (needs eval_every and a "
+                                 "validation split) and evaluate those on the test sets; any method."}
+    )
+    evaluate_baseline: bool = field(
+        default=True, metadata={"help": "Also evaluate the start: the converted dual-stream model at step 0 on the same "
+                                "test sequences as RGB-X input (with evaluate_rgb also on the RGB-only ones)."}
+    )
+    evaluate_rgb_tracker: bool = field(
+        default=False, metadata={"help": "Also evaluate the RGB tracker itself on the RGB channels of the test "
+                                 "sequences (not where the dual-stream methods start; see evaluate_baseline)."}
+    )
+    evaluate_rgb: bool = field(
+        default=False,
+        metadata={"help": "Also evaluate RGB-skill retention: the fine-tuned model on RGB-only test sequences fed as "
+                  "[rgb, rgb]."},
+    )
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bars (main process)."})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.modality not in MODALITY_DATASETS:
+            raise ValueError(f"modality must be one of {sorted(MODALITY_DATASETS)}, got {self.modality!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.fusion_init not in FUSION_INITS:
+            raise ValueError(f"fusion_init must be one of {list(FUSION_INITS)}, got {self.fusion_init!r}")
+        for name in ("steps", "batch_size", "grad_accum", "prior_batches", "log_every", "lora_r"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("save_every", "keep_checkpoints", "warmup_steps", "num_workers", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        self._check_recipe()
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.report_to in ("none", ""):
+            self.report_to = None
+        unknown = sorted(set(self.srft_overrides) - {f.name for f in dataclasses.fields(SRFTConfig)})
+        if unknown:
+            raise ValueError(f"srft_overrides has unknown SRFTConfig fields {unknown}")
+        method_srft_config(self.method, self.steps, self.method_srft_overrides)  # a bad value fails here, not later
+
+    def _check_recipe(self) -> None:
+        if self.clip_order not in CLIP_ORDERS:
+            raise ValueError(f"clip_order must be one of {list(CLIP_ORDERS)}, got {self.clip_order!r}")
+        if self.prior_scope not in PRIOR_SCOPES:
+            raise ValueError(f"prior_scope must be one of {list(PRIOR_SCOPES)}, got {self.prior_scope!r}")
+        horizon = self.kappa_horizon
+        if isinstance(horizon, bool) or not isinstance(horizon, (int, float)) or not 0.0 < horizon <= 1.0:
+            raise ValueError(f"kappa_horizon must be a number in (0, 1], got {horizon!r}")
+        if self.clip_order == "task" and self.srft_overrides.get("apply") == "loss":
+            raise ValueError("clip_order='task' cannot hold with srft_overrides apply='loss' (the penalty is then in "
+                             "the loss, inside the clipped gradient): use clip_order='total'")
+        if self.val_sequences is not None and (isinstance(self.val_sequences, bool)
+                                               or not isinstance(self.val_sequences, int) or self.val_sequences < 1):
+            raise ValueError(f"val_sequences must be a positive integer or None, got {self.val_sequences!r}")
+        if self.early_stopping and self.eval_every == 0:
+            raise ValueError("early_stopping=True needs eval_every > 0 (validation during training), got eval_every=0")
+
+    @property
+    def method_srft_overrides(self) -> dict[str, Any]:
+        """The recipe's SRFTConfig fields (kappa_horizon) for an SRFT-family method, then ``srft_overrides``."""
+        recipe = {"kappa_horizon": self.kappa_horizon} if self.method in SRFT_METHODS else {}
+        return {**recipe, **self.srft_overrides}
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR.get(self.method, DEFAULT_FULL_LR)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset or MODALITY_DATASETS[self.modality]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+

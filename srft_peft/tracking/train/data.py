@@ -1,0 +1,112 @@
+"""The sequences of a fine-tune: the RGB-X train / validation / test splits of a dataset root (or the demo set), and
+RGB-only splits (prior calibration, RGB-skill retention)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..datasets import Sequence, load_dataset
+from ..demo_data import DEMO_LAYOUTS, default_demo_root, make_demo_dataset
+
+if TYPE_CHECKING:
+    from .config import FinetuneConfig
+
+__all__ = ["SPLIT_FOLDERS", "RGBXSplits", "load_rgb_split", "load_rgbx_splits", "resolve_split_root",
+           "truncate_sequence"]
+
+# Folder names of the splits under a dataset root, tried in this order. The demo data v2 RGB set names its prior /
+# retention splits pretrain/ and retention/; they are the last choices of "train" / "test".
+SPLIT_FOLDERS = {
+    "train": ("train", "trainingset", "TrainingSet/trainingset", "TrainingSet", "train_subset", "training", "Train",
+              "pretrain"),
+    "val": ("val", "validation", "valset", "val_subset", "Val", "Validation"),
+    "test": ("test", "testingset", "TestingSet/testingset", "TestingSet", "test_subset", "testing", "Test",
+             "retention"),
+}
+
+
+@dataclass
+class RGBXSplits:
+    """The RGB-X sequences of a fine-tune; ``val`` is empty when the data has no validation split."""
+
+    train: list[Sequence]
+    val: list[Sequence]
+    test: list[Sequence]
+    description: str
+
+
+def resolve_split_root(root: str | Path, split: str) -> Path:
+    """The folder of ``split`` ("train" / "val" / "test") under a dataset root (see :data:`SPLIT_FOLDERS`).
+
+    Example:
+        >>> resolve_split_root("/data/LasHeR", "test")  # /data/LasHeR/testingset if it exists  # doctest: +SKIP
+    """
+    root = Path(root).expanduser()
+    for name in SPLIT_FOLDERS[split]:
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(
+        f"no {split} split under {root}: looked for {list(SPLIT_FOLDERS[split])}; pass the split folder explicitly "
+        f"(--{split}-root) or a split file (--{split}-split-file)"
+    )
+
+
+def truncate_sequence(seq: Sequence, frames: int | None) -> Sequence:
+    """The first ``frames`` frames of ``seq`` (``seq`` itself when None or longer than it)."""
+    if frames is None or frames >= len(seq):
+        return seq
+    return Sequence(
+        seq.name, seq.frames_rgb[:frames], seq.frames_x[:frames], seq.gt[:frames], visible=seq.visible[:frames],
+        gt_x=None if seq.gt_x is None else seq.gt_x[:frames], modality=seq.modality, dataset=seq.dataset,
+        init_box=seq.init_box,
+    )
+
+
+def load_rgb_split(rgb_root: str | Path, split: str) -> list[Sequence]:
+    """RGB-only sequences of ``split`` under ``rgb_root`` (or ``rgb_root``'s sequences themselves)."""
+    root = Path(rgb_root).expanduser()
+    with contextlib.suppress(FileNotFoundError):
+        root = resolve_split_root(root, split)
+    return load_dataset("rgb", root)
+
+
+def _optional_split(root: Path, loader: str) -> list[Sequence]:
+    try:
+        return load_dataset(loader, resolve_split_root(root, "val"))
+    except FileNotFoundError:
+        return []
+
+
+def load_rgbx_splits(cfg: FinetuneConfig) -> RGBXSplits:
+    """The train / validation / test sequences of ``cfg`` (the demo set of the modality, built if needed, when no
+    root is given). Validation: ``cfg.val_root``, else the ``val`` split under the data root when there is one."""
+    if cfg.data_root is None and cfg.train_root is None and cfg.test_root is None:
+        root = make_demo_dataset(default_demo_root() / cfg.modality, modality=cfg.modality)
+        layout = DEMO_LAYOUTS[cfg.modality]
+        val = load_dataset(layout, Path(cfg.val_root).expanduser()) if cfg.val_root else _optional_split(root, layout)
+        return RGBXSplits(load_dataset(layout, root / "train"), val, load_dataset(layout, root / "test"),
+                          f"demo:{root}")
+    name = cfg.dataset_name
+    splits = []
+    for split, explicit, split_file in (("train", cfg.train_root, cfg.train_split_file),
+                                        ("test", cfg.test_root, cfg.test_split_file)):
+        if explicit is not None:
+            root = Path(explicit).expanduser()
+        elif cfg.data_root is None:
+            raise ValueError(f"give --data-root or --{split}-root")
+        elif split_file is not None:
+            root = Path(cfg.data_root).expanduser()
+            with contextlib.suppress(FileNotFoundError):
+                root = resolve_split_root(root, split)
+        else:
+            root = resolve_split_root(cfg.data_root, split)
+        kwargs = {"split_file": split_file} if split_file is not None else {}
+        splits.append(load_dataset(name, root, **kwargs))
+    if cfg.val_root is not None:
+        val = load_dataset(name, Path(cfg.val_root).expanduser())
+    else:
+        val = _optional_split(Path(cfg.data_root).expanduser(), name) if cfg.data_root is not None else []
+    return RGBXSplits(splits[0], val, splits[1], str(cfg.data_root or cfg.train_root))
