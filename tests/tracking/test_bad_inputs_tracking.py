@@ -226,3 +226,23 @@ def test_example_with_a_missing_data_root_creates_no_output_folder(tmp_path, scr
     assert proc.returncode != 0
     assert "FileNotFoundError" in proc.stderr and str(tmp_path / "missing_root") in proc.stderr
     assert not out.exists()
+
+
+def test_tracker_preset_builds_the_checkpoint_with_candidate_elimination(rgb_model, tmp_path, monkeypatch):
+    """--tracker-preset chooses OSTrack's configuration (CE included) for a .pth.tar; an unknown one is refused."""
+    from srft_peft.tracking import model as tracking_model
+    from srft_peft.tracking.train import build_parser, config_from_args
+
+    monkeypatch.setitem(tracking_model.PRESETS, "tiny_ce", {**tiny_cfg().to_dict(), "ce_locations": (1,),
+                                                            "ce_keep_ratio": (0.5,), "mode": "rgb"})
+    path = tmp_path / "OSTrack_ce_ep0300.pth.tar"
+    torch.save({"net": ostrack_style_state(rgb_model)}, path)
+    plain, _ = load_pretrained_rgb(str(path), progress=False)
+    ce, _ = load_pretrained_rgb(str(path), progress=False, preset="tiny_ce")
+    assert plain.config.ce_locations == () and ce.config.ce_locations == (1,)
+    torch.testing.assert_close(ce.state_dict(), plain.state_dict(), rtol=0, atol=0)  # same weights, CE on top
+    args = build_parser("rgbt").parse_args(["--pretrained", str(path), "--tracker-preset", "tiny_ce"])
+    assert config_from_args(args).tracker_preset == "tiny_ce"
+    with pytest.raises(ValueError, match=r"tracker_preset must be one of .* got 'ostrack999'"):
+        FinetuneConfig(pretrained=str(path), tracker_preset="ostrack999", output_dir=str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import SRFTConfig
-from ..model import FUSION_INITS
+from ..model import FUSION_INITS, PRESETS
 from .methods import METHODS, PRIOR_SCOPES, SRFT_METHODS, method_srft_config
 
 __all__ = ["CLIP_ORDERS", "DEFAULT_LR", "MODALITY_DATASETS", "FinetuneConfig", "PretrainConfig"]
@@ -107,6 +107,12 @@ class FinetuneConfig:
     variant: str = field(default="tiny", metadata={"help": "ViT size when --pretrained is a .pth.tar: tiny/small/base."})
     template_size: int | None = field(default=None, metadata={"help": "Template crop for a .pth.tar (base: 128)."})
     search_size: int | None = field(default=None, metadata={"help": "Search crop for a .pth.tar (base: 256)."})
+    tracker_preset: str | None = field(
+        default=None,
+        metadata={"help": "OSTrack configuration of a --pretrained .pth.tar: " + ", ".join(sorted(PRESETS)) + " (the *_ce "
+                  "presets add candidate elimination, as in vitb_256_mae_ce_32x4_ep300); replaces --variant and the "
+                  "crop sizes. Default: --variant / --template-size / --search-size, no candidate elimination."},
+    )
     allow_partial_load: bool = field(
         default=False,
         metadata={"help": "Accept a --pretrained .pth.tar whose keys or shapes do not all match the tracker (the rest "
@@ -234,6 +240,8 @@ class FinetuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.tracker_preset is not None and self.tracker_preset not in PRESETS:
+            raise ValueError(f"tracker_preset must be one of {sorted(PRESETS)} or None, got {self.tracker_preset!r}")
         self._check_recipe()
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")

@@ -281,7 +281,8 @@ def _load_inputs(cfg: FinetuneConfig, output_dir: Path, accelerator: Any) -> _Ru
         cfg = dataclasses.replace(cfg, eval_every=0)
     rgb_model, pretrained_desc = load_pretrained_rgb(cfg.pretrained, cfg.variant, cfg.template_size, cfg.search_size,
                                                      progress=cfg.progress and accelerator.is_local_main_process,
-                                                     allow_partial_load=cfg.allow_partial_load)
+                                                     allow_partial_load=cfg.allow_partial_load,
+                                                     preset=cfg.tracker_preset)
     demo_tracker = cfg.pretrained is None
     default_jitter = DEMO_JITTER if demo_tracker else OSTRACK_JITTER
     jitter = {"center_jitter": default_jitter[0] if cfg.center_jitter is None else cfg.center_jitter,

@@ -172,6 +172,7 @@ def load_pretrained_rgb(
     search_size: int | None = None,
     progress: bool = True,
     allow_partial_load: bool = False,
+    preset: str | None = None,
 ) -> tuple[OSTrackRGBX, str]:
     """The RGB tracker to start from, and a description of where it came from.
 
@@ -180,7 +181,9 @@ def load_pretrained_rgb(
     ``TrackerConfig(variant, "rgb", template_size, search_size)`` with :func:`load_rgb_checkpoint` (sizes default to
     OSTrack-256's 128/256 for ``small``/``base`` and to 32/64 for ``tiny``). A checkpoint with missing, unexpected or
     mismatched keys is an error (``ValueError`` naming the file, counts and examples) unless ``allow_partial_load``;
-    keys the tracker never uses (cls token, ``pos_embed``, classifier head) are not counted.
+    keys the tracker never uses (cls token, ``pos_embed``, classifier head) are not counted. ``preset`` (e.g.
+    ``"ostrack256_ce"``, see :meth:`TrackerConfig.from_preset`) replaces ``variant`` and the sizes for a checkpoint
+    file, candidate elimination included.
     """
     if pretrained is None:
         folder = ensure_pretrained_rgb(progress=progress)
@@ -192,15 +195,18 @@ def load_pretrained_rgb(
             raise ValueError(f"{path} holds a {model.config.mode!r} tracker; fine-tuning starts from an RGB one")
         return model, str(path)
     if path.is_file():
-        default = TINY_SIZES if variant == "tiny" else (128, 256)
-        cfg = TrackerConfig(variant=variant, mode="rgb", template_size=template_size or default[0],
-                            search_size=search_size or default[1])
+        if preset is not None:
+            cfg = TrackerConfig.from_preset(preset, mode="rgb")
+        else:
+            default = TINY_SIZES if variant == "tiny" else (128, 256)
+            cfg = TrackerConfig(variant=variant, mode="rgb", template_size=template_size or default[0],
+                                search_size=search_size or default[1])
         model = OSTrackRGBX(cfg)
         try:
             report = load_rgb_checkpoint(model, path, strict=not allow_partial_load)
         except PartialLoadError as err:
-            raise PartialLoadError(f"--pretrained: {err}. Check --variant / --template-size / --search-size, or pass "
-                                   "--allow-partial-load to train from a partial load") from None
+            raise PartialLoadError(f"--pretrained: {err}. Check --tracker-preset or --variant / --template-size / "
+                                   "--search-size, or pass --allow-partial-load to train from a partial load") from None
         if not report.ok:
             warnings.warn(f"--allow-partial-load: {report.summary()}", stacklevel=2)
         return model, str(path)
