@@ -228,11 +228,11 @@ RESUME = {
     "missing anchor": (lambda t: engine_state_with(t, lambda s: drop(s["engine"]["tensors"], "anchor.group0.P0")),
                        ("'anchor.group0.P0'",)),
     "U that is a list": (lambda t: engine_state_with(t, lambda s: s["prior"]["entries"]["fc1.weight"].update(
-        U=[[0.0]])), ("'U'", "'fc1.weight'", "must be a tensor", "list")),
+        U=[[0.0]])), ("'fc1.weight.U'", "'fc1.weight'", "must be a tensor", "list")),
     "prior without entries": (lambda t: engine_state_with(t, lambda s: drop(s["prior"], "entries")),
-                              ("malformed 'prior'", "entries")),
+                              ("'prior'", "'entries'", "missing")),
     "negative omega in prior": (lambda t: engine_state_with(
-        t, lambda s: s["prior"]["entries"]["fc2.weight"]["omega"].neg_()), ("'omega'", "'fc2.weight'", "non-negative")),
+        t, lambda s: s["prior"]["entries"]["fc2.weight"]["omega"].neg_()), ("'fc2.weight.omega'", "non-negative", "minimum")),
     "prior of a missing parameter": (lambda t: engine_state_with(t, lambda s: drop(s["prior"]["entries"], "pos")),
                                      ("'pos'", "no significance")),
     "prior normalizer": (lambda t: engine_state_with(t, lambda s: s["prior"].update(normalizer=NAN)),
