@@ -232,7 +232,7 @@ RESUME = {
     "prior without entries": (lambda t: engine_state_with(t, lambda s: drop(s["prior"], "entries")),
                               ("'prior'", "'entries'", "missing")),
     "negative omega in prior": (lambda t: engine_state_with(
-        t, lambda s: s["prior"]["entries"]["fc2.weight"]["omega"].neg_()), ("'fc2.weight.omega'", "non-negative", "minimum")),
+        t, lambda s: s["prior"]["entries"]["fc2.weight"]["omega"].neg_()), ("'fc2.weight.omega'", "non-negative")),
     "prior of a missing parameter": (lambda t: engine_state_with(t, lambda s: drop(s["prior"]["entries"], "pos")),
                                      ("'pos'", "no significance")),
     "prior normalizer": (lambda t: engine_state_with(t, lambda s: s["prior"].update(normalizer=NAN)),
