@@ -7,6 +7,7 @@ import torch
 
 from srft_peft import SRFTModel
 from srft_peft.regularizer.engine import SRFTEngine
+from srft_peft.schedule import coefficients
 
 
 def regularized_params(srft: SRFTModel) -> list[torch.nn.Parameter]:
@@ -26,3 +27,9 @@ def engine_copy(srft: SRFTModel) -> SRFTEngine:
         engine.set_prior(srft.prior)
     engine.load_state_dict(srft.srft_state_dict())
     return engine
+
+
+def prior_lambda(srft: SRFTModel) -> float:
+    """lambda_p(t) at ``srft``'s current step and T."""
+    state = srft.srft_state_dict()
+    return coefficients(srft.srft_config, state["step"], state["total_steps"])[0]
