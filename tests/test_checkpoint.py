@@ -21,7 +21,7 @@ from torch import nn
 
 from srft_peft import SRFTConfig, SRFTModel, get_srft_model, load_significance_checkpoint
 from srft_peft.checkpoint import CONFIG_NAME, METADATA_KEYS, MODEL_CARD_NAME, SIGNIFICANCE_NAME, describe_base_model
-from srft_peft.significance import KFACSignificance, PriorSignificance
+from srft_peft.significance import DiagonalSignificance, KFACSignificance, PriorSignificance
 
 
 def assert_prior_equal(a: PriorSignificance, b: PriorSignificance) -> None:
@@ -342,3 +342,28 @@ def test_lora_significance_round_trip(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "base_model.model.fc1.base_layer.weight" in out and "step 2, v for every parameter" in out
+
+
+# --- PriorSignificance.to_state / from_state: the one serialization of a prior ---------------------------------------
+def test_prior_state_round_trips_through_a_weights_only_load() -> None:
+    import io
+
+    prior = make_srft("kfac").prior
+    assert {type(e) for e in prior.entries.values()} == {KFACSignificance, DiagonalSignificance}
+    buffer = io.BytesIO()
+    torch.save(prior.to_state(), buffer)
+    buffer.seek(0)
+    again = PriorSignificance.from_state(torch.load(buffer, weights_only=True))
+    assert_prior_equal(again, prior)
+
+
+def test_training_state_moves_prior_anchors_and_step_to_a_fresh_model() -> None:
+    src = make_srft("kfac", train_steps=2, transfer_statistics="own")
+    dst = get_srft_model(copy.deepcopy(src.base_model), src.srft_config)  # the same weights, no prior yet
+    dst.load_training_state(src.training_state())
+    assert_prior_equal(dst.prior, src.prior)
+    assert dst.step == src.step == 2
+    a, b = dst.srft_state_dict(), src.srft_state_dict()
+    assert a["tensors"].keys() == b["tensors"].keys() and "transfer.v" in a["tensors"]
+    assert all(torch.equal(a["tensors"][k], b["tensors"][k]) for k in a["tensors"])
+    torch.testing.assert_close(dst.prior_penalty(), src.prior_penalty())
