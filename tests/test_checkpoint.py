@@ -367,3 +367,9 @@ def test_training_state_moves_prior_anchors_and_step_to_a_fresh_model() -> None:
     assert a["tensors"].keys() == b["tensors"].keys() and "transfer.v" in a["tensors"]
     assert all(torch.equal(a["tensors"][k], b["tensors"][k]) for k in a["tensors"])
     torch.testing.assert_close(dst.prior_penalty(), src.prior_penalty())
+
+
+def test_a_uniform_l2sp_prior_round_trips_through_its_state() -> None:
+    """The tracking toolkit's L2-SP baseline uses a diagonal prior of source 'uniform'; its training state must load."""
+    prior = PriorSignificance({"b": DiagonalSignificance("b", torch.ones(3), source="uniform")}, normalized=True)
+    assert_prior_equal(PriorSignificance.from_state(prior.to_state()), prior)

@@ -201,6 +201,8 @@ class PriorSignificance:
 
 #: Keys of :meth:`PriorSignificance.to_state`.
 STATE_KEYS = ("entries", "normalizer", "num_examples", "num_batches", "objective", "normalized")
+#: Where a diagonal significance comes from: per-example or per-batch squared gradients, or a uniform (L2-SP) prior.
+DIAGONAL_SOURCES = ("per_example", "per_batch", "uniform")
 #: Fields of a K-FAC / diagonal entry besides its tensors.
 ENTRY_FIELDS = {"kfac": ("U", "V", "omega", "retained_energy"), "diagonal": ("fisher", "source")}
 
@@ -227,8 +229,8 @@ def _entry_from_state(name: Any, e: Any, where: str) -> KFACSignificance | Diago
         if key in ("omega", "fisher") and bool((t < 0).any()):
             raise ValueError(f"{label} must be non-negative (a curvature), its minimum is {float(t.min()):.6g}")
     if kind == "diagonal":
-        if e["source"] not in ("per_example", "per_batch"):
-            raise ValueError(f"{where}: 'source' of parameter {name!r} must be 'per_example' or 'per_batch', got "
+        if e["source"] not in DIAGONAL_SOURCES:
+            raise ValueError(f"{where}: 'source' of parameter {name!r} must be one of {DIAGONAL_SOURCES}, got "
                              f"{e['source']!r}")
         return DiagonalSignificance(name, e["fisher"], e["source"])
     U, V, omega, energy = e["U"], e["V"], e["omega"], e["retained_energy"]
