@@ -106,7 +106,7 @@ def describe_base_model(model: nn.Module) -> dict[str, Optional[str]]:
     """Name, revision and class of a base model: a Hugging Face ``name_or_path``, a timm ``pretrained_cfg``, else the
     class name."""
     config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    name = getattr(config, "name_or_path", None) or getattr(model, "name_or_path", None)
     revision = getattr(config, "_commit_hash", None)
     cfg = getattr(model, "pretrained_cfg", None)
     if not name and isinstance(cfg, dict):

@@ -156,7 +156,7 @@ def test_model_card(tmp_path: Path) -> None:
 
 def test_base_model_names() -> None:
     hf = nn.Linear(1, 1)
-    hf.config = SimpleNamespace(_name_or_path="org/tracker", _commit_hash="abc123")
+    hf.config = SimpleNamespace(name_or_path="org/tracker", _commit_hash="abc123")  # transformers' public property
     assert describe_base_model(hf) == {"name": "org/tracker", "revision": "abc123", "class": "Linear"}
     assert describe_base_model(nn.Linear(1, 1))["name"] == "Linear"
 
@@ -373,3 +373,4 @@ def test_a_uniform_l2sp_prior_round_trips_through_its_state() -> None:
     """The tracking toolkit's L2-SP baseline uses a diagonal prior of source 'uniform'; its training state must load."""
     prior = PriorSignificance({"b": DiagonalSignificance("b", torch.ones(3), source="uniform")}, normalized=True)
     assert_prior_equal(PriorSignificance.from_state(prior.to_state()), prior)
+
