@@ -77,6 +77,8 @@ from baselines import AuthorsStep, EWCLoss  # noqa: E402
 import srft_peft.regularizer.engine as srft_engine  # noqa: E402
 from srft_peft import SRFTConfig, SRFTModel, get_srft_model  # noqa: E402
 from srft_peft.checkpoint import load_significance_checkpoint  # noqa: E402
+from srft_peft.regularizer import PriorTerm, TransferTerm  # noqa: E402
+from srft_peft.regularizer.lora_term import CombinedPriorTerm  # noqa: E402
 from srft_peft.significance import DiagonalSignificance, KFACSignificance, PriorSignificance  # noqa: E402
 from srft_peft.targeting import select_targets  # noqa: E402
 
@@ -218,7 +220,7 @@ def build(args: argparse.Namespace, name: str, base: torch.nn.Module,
     if CONFIGS[name] is not None:
         run.srft = get_srft_model(model, SRFTConfig(prior_rank=args.rank, **{**SRFT, **CONFIGS[name]}))
         run.srft.set_prior(priors[0])
-        run.srft._engine.step = SRFT["total_steps"] // 2  # mid-schedule: kappa = 0.5, both terms active
+        run.srft.step = SRFT["total_steps"] // 2  # mid-schedule: kappa = 0.5, both terms active
 
         def attach() -> None:
             run.srft.attach(opt)
@@ -276,26 +278,26 @@ def profile_hooks(args: argparse.Namespace, runs: dict[str, Run], steps: int = 3
     attributed to the innermost SRFT function it ran in."""
     from torch.profiler import ProfilerActivity, profile
 
-    original_ema = srft_engine.ema_update_
-    srft_engine.ema_update_ = labelled(original_ema, "ema_update_")
+    patched = [(srft_engine, "ema_update_", "ema_update_"),
+               (PriorTerm, "gradient_into_", "PriorTerm.gradient_into_"),
+               (CombinedPriorTerm, "gradient_into_", "PriorTerm.gradient_into_"),
+               (TransferTerm, "damping_into_", "TransferTerm.damping_into_"),
+               (TransferTerm, "apply_", "TransferTerm.apply_")]
+    originals = [getattr(owner, name) for owner, name, _ in patched]
+    for (owner, name, label), fn in zip(patched, originals):  # the classes' methods: every engine's calls are labelled
+        setattr(owner, name, labelled(fn, label))
     try:
         for run in runs.values():
             if run.srft is None and run.authors is None:
                 continue
-            if run.srft is not None:
-                engine = run.srft._engine
-                if engine.prior_term is not None:
-                    engine.prior_term.gradient_into_ = labelled(engine.prior_term.gradient_into_,
-                                                                "PriorTerm.gradient_into_")
-                engine.transfer.damping_into_ = labelled(engine.transfer.damping_into_, "TransferTerm.damping_into_")
-                engine.transfer.apply_ = labelled(engine.transfer.apply_, "TransferTerm.apply_")
             data = list(batches(args, steps))
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for x, y in data:
                     train_step(args, run, x, y)
             report_profile(run.name, prof.events(), steps)
     finally:
-        srft_engine.ema_update_ = original_ema
+        for (owner, name, _), fn in zip(patched, originals):
+            setattr(owner, name, fn)
 
 
 def report_profile(name: str, events: Any, steps: int) -> None:

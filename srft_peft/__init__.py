@@ -6,12 +6,11 @@ Example:
     'grad'
 """
 
+from ._version import __version__
 from .checkpoint import SignificanceCheckpoint, load_significance_checkpoint
 from .config import SRFTConfig
 from .model import SRFTModel, get_srft_model
 from .significance import DiagonalSignificance, KFACSignificance, PriorSignificance
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DiagonalSignificance",

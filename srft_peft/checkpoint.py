@@ -48,13 +48,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ._version import __version__
 from .config import SRFTConfig
-from .hub import push_folder, resolve_folder
+from .hub import resolve_folder
 from .significance.prior import DiagonalSignificance, KFACSignificance, PriorSignificance
 from .targeting import Target, calibration_targets
 
 if TYPE_CHECKING:
-    from .model import SRFTModel
     from .regularizer.engine import SRFTEngine
 
 CONFIG_NAME = "srft_config.json"
@@ -106,7 +106,7 @@ def describe_base_model(model: nn.Module) -> dict[str, Optional[str]]:
     """Name, revision and class of a base model: a Hugging Face ``name_or_path``, a timm ``pretrained_cfg``, else the
     class name."""
     config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    name = getattr(config, "name_or_path", None) or getattr(model, "name_or_path", None)
     revision = getattr(config, "_commit_hash", None)
     cfg = getattr(model, "pretrained_cfg", None)
     if not name and isinstance(cfg, dict):
@@ -147,38 +147,36 @@ class SignificanceCheckpoint:
 
 
 # --- writing --------------------------------------------------------------------------------------------------------
-def save_significance(srft: SRFTModel, save_directory: PathLike, include_transfer_state: bool = False,
-                      repo_id: Optional[str] = None) -> Path:
-    """Write ``srft_config.json``, ``significance.safetensors`` and ``README.md`` into ``save_directory``."""
-    from . import __version__
-
-    engine = srft._engine
+def save_significance(engine: SRFTEngine, base_model: nn.Module, save_directory: PathLike,
+                      include_transfer_state: bool = False, repo_id: Optional[str] = None) -> Path:
+    """Write ``srft_config.json``, ``significance.safetensors`` and ``README.md`` of ``engine`` (the prior, its config
+    and, optionally, the transfer state) into ``save_directory``; ``base_model`` is described in the metadata."""
     prior = engine.prior
     if prior is None:
         raise RuntimeError("no prior significance to save: call srft.estimate_prior(...) or load one first")
     shapes = {t.name: tuple(t.param.shape) for t in prior_targets(engine)}
     entries = {name: prior.entries[name] for name in shapes}
     tensors = PriorSignificance(entries).tensors()
+    state = prior.to_state()
     transfer_state = None
     if include_transfer_state:
-        state = engine.state_dict()
-        tensors["transfer.step"] = torch.tensor(state["step"], dtype=torch.int64)
-        v = state["tensors"].get("transfer.v")
+        engine_state = engine.state_dict()
+        tensors["transfer.step"] = torch.tensor(engine_state["step"], dtype=torch.int64)
+        v = engine_state["tensors"].get("transfer.v")
         if v is not None:
             views = engine.layout.views(v)
             tensors.update({f"transfer.v.{name}": view.clone() for name, view in zip(engine.names, views)})
-        transfer_state = {"has_v": v is not None, "statistics": state["statistics"]}
+        transfer_state = {"has_v": v is not None, "statistics": engine_state["statistics"]}
         if v is not None and list(engine.names) != list(shapes):  # LoRA: v is per factor, the prior per base weight
             transfer_state["v_shapes"] = {t.name: list(t.param.shape) for t in engine.targets}
     meta = {
-        **srft.srft_config.to_dict(),
+        **engine.config.to_dict(),
         "format_version": FORMAT_VERSION,
         "library_name": "srft-peft",
         "library_version": __version__,
-        "base_model": describe_base_model(srft.base_model),
-        "calibration": {"num_examples": prior.num_examples, "num_batches": prior.num_batches,
-                        "objective": prior.objective},
-        "normalizer": prior.normalizer,
+        "base_model": describe_base_model(base_model),
+        "calibration": {k: state[k] for k in ("num_examples", "num_batches", "objective")},
+        "normalizer": state["normalizer"],
         "dtypes": {"parameters": str(engine.params[0].dtype).removeprefix("torch."),
                    "significance": str(next(iter(tensors.values())).dtype).removeprefix("torch.")},
         "fingerprint": fingerprint((n, shapes[n], e.kind) for n, e in entries.items()),
@@ -488,33 +486,26 @@ def read_checkpoint(folder: PathLike) -> SignificanceCheckpoint:
         if key == "transfer.step":
             if t.is_floating_point() or t.is_complex() or int(t) < 0:
                 raise ValueError(f"{tensors_path}: 'transfer.step' must be a non-negative integer, got {t!r}")
-        elif not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+        elif key.startswith("transfer.v.") and (not t.is_floating_point() or not bool(torch.isfinite(t).all())):
             raise ValueError(f"{tensors_path}: tensor {key!r} of parameter {owner!r} must be finite floating point "
                              f"(dtype {t.dtype})")
-        elif key.endswith((".omega", ".fisher")) or key.startswith("transfer.v."):
-            if bool((t < 0).any()):
-                raise ValueError(f"{tensors_path}: tensor {key!r} of parameter {owner!r} must be non-negative (a "
-                                 f"curvature or squared gradient), its minimum is {float(t.min()):.6g}")
+        elif key.startswith("transfer.v.") and bool((t < 0).any()):
+            raise ValueError(f"{tensors_path}: tensor {key!r} of parameter {owner!r} must be non-negative (a squared "
+                             f"gradient), its minimum is {float(t.min()):.6g}")
     extra = [k for k in tensors if k not in expected]
     if extra:
         raise ValueError(f"{tensors_path}: unexpected tensor {extra[0]!r} (not described by the entries of "
                          f"{CONFIG_NAME})")
+    cal = meta.get("calibration") or {}
+    state = {"entries": {name: {**e, **{k: tensors[f"{name}.{k}"] for k in ("U", "V", "omega", "fisher")
+                                        if f"{name}.{k}" in tensors}} for name, e in entries.items()},
+             "normalizer": meta.get("normalizer", 1.0), "num_examples": cal.get("num_examples", 0),
+             "num_batches": cal.get("num_batches", 0), "objective": cal.get("objective", ""), "normalized": True}
+    prior = PriorSignificance.from_state(state, where=str(tensors_path))
     digest = meta.get("significance_sha256")
     if digest is not None and digest != file_sha256(tensors_path):
         raise ValueError(f"{tensors_path} is not the file {path} was saved with (sha256 differs): the folder mixes "
                          "two checkpoints or the file was replaced")
-
-    prior_entries: dict[str, KFACSignificance | DiagonalSignificance] = {}
-    for name, e in entries.items():
-        if e["kind"] == "kfac":
-            prior_entries[name] = KFACSignificance(name, tensors[f"{name}.U"], tensors[f"{name}.V"],
-                                                   tensors[f"{name}.omega"], float(e["retained_energy"]))
-        else:
-            prior_entries[name] = DiagonalSignificance(name, tensors[f"{name}.fisher"], e["source"])
-    cal = meta.get("calibration") or {}
-    prior = PriorSignificance(prior_entries, normalizer=float(meta.get("normalizer", 1.0)),
-                              num_examples=int(cal.get("num_examples", 0)), num_batches=int(cal.get("num_batches", 0)),
-                              objective=str(cal.get("objective", "")), normalized=True)
     step = int(tensors["transfer.step"]) if transfer is not None else None
     prefix = "transfer.v."
     v = {key[len(prefix):]: t for key, t in tensors.items() if key.startswith(prefix)}
@@ -570,10 +561,22 @@ def check_matches(checkpoint: SignificanceCheckpoint, engine: SRFTEngine) -> Non
     raise ValueError(f"{where}: parameter {extra!r} of the checkpoint is not regularized by this model")
 
 
-def apply_checkpoint(srft: SRFTModel, checkpoint: SignificanceCheckpoint) -> PriorSignificance:
-    """Validate ``checkpoint`` against ``srft``, then set its prior (anchored at the current weights) and transfer
-    state. Nothing is changed when validation fails."""
-    engine = srft._engine
+def config_with_overrides(checkpoint: SignificanceCheckpoint, overrides: dict[str, Any]) -> SRFTConfig:
+    """The checkpoint's config with ``overrides`` applied; raises ``ValueError`` naming an unknown field or a field
+    that describes how the significance was computed (:data:`ESTIMATION_FIELDS`) given another value."""
+    config = checkpoint.config
+    for key, value in overrides.items():
+        if key not in CONFIG_FIELDS:
+            raise ValueError(f"unknown SRFTConfig field {key!r} in from_pretrained overrides")
+        if key in ESTIMATION_FIELDS and value != getattr(config, key):
+            raise ValueError(f"{key} describes how the saved significance was computed ({getattr(config, key)!r}) "
+                             f"and cannot be overridden with {value!r}; estimate a new prior instead")
+    return dataclasses.replace(config, **overrides)
+
+
+def apply_checkpoint(engine: SRFTEngine, checkpoint: SignificanceCheckpoint) -> PriorSignificance:
+    """Validate ``checkpoint`` against ``engine``'s parameters, then set its prior (anchored at the current weights)
+    and transfer state. Nothing is changed when validation fails."""
     check_matches(checkpoint, engine)
     prior = dataclasses.replace(checkpoint.prior,
                                 entries={t.name: checkpoint.prior.entries[t.name] for t in prior_targets(engine)})
@@ -591,12 +594,10 @@ def apply_checkpoint(srft: SRFTModel, checkpoint: SignificanceCheckpoint) -> Pri
 # --- training (resume) states ---------------------------------------------------------------------------------------
 def check_prior(engine: SRFTEngine, prior: PriorSignificance, where: str) -> None:
     """Raise ``ValueError`` (prefixed by ``where``) naming the first parameter whose significance does not fit
-    ``engine``: a missing or extra entry, another kind, a shape, a non-finite or negative curvature."""
+    ``engine``: a missing or extra entry, another kind, a shape (the values are checked by
+    :meth:`PriorSignificance.from_state`)."""
     if not isinstance(prior, PriorSignificance):
         raise TypeError(f"{where}: expected a PriorSignificance, got {type(prior).__name__}")
-    c = prior.normalizer
-    if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
-        raise ValueError(f"{where}: normalizer must be a finite positive number, got {c!r}")
     targets = prior_targets(engine)
     names = {t.name for t in targets}
     extra = next((n for n in prior.entries if n not in names), None)
@@ -609,10 +610,6 @@ def check_prior(engine: SRFTEngine, prior: PriorSignificance, where: str) -> Non
         kind = "kfac" if isinstance(e, KFACSignificance) else "diagonal"
         if kind != t.kind:
             raise ValueError(f"{where}: parameter {t.name!r} is {t.kind!r} here and {kind!r} in the state")
-        not_tensor = next((k for k, x in e.tensors().items() if not isinstance(x, torch.Tensor)), None)
-        if not_tensor is not None:
-            raise ValueError(f"{where}: {not_tensor!r} of parameter {t.name!r} must be a tensor, got "
-                             f"{type(e.tensors()[not_tensor]).__name__}")
         if isinstance(e, KFACSignificance):
             (m, n), (k_out, k_in) = t.matrix_shape, (e.U.shape[-1], e.V.shape[-1])
             expected = {"U": (m, k_out), "V": (n, k_in), "omega": (k_out, k_in)}
@@ -622,10 +619,6 @@ def check_prior(engine: SRFTEngine, prior: PriorSignificance, where: str) -> Non
             label = f"{where}: tensor {key!r} of parameter {t.name!r}"
             if tuple(tensor.shape) != expected[key]:
                 raise ValueError(f"{label} has shape {tuple(tensor.shape)}, expected {expected[key]}")
-            if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"{label} must be finite floating point (dtype {tensor.dtype})")
-            if key in ("omega", "fisher") and bool((tensor < 0).any()):
-                raise ValueError(f"{label} must be non-negative, its minimum is {float(tensor.min()):.6g}")
 
 
 def check_training_state(engine: SRFTEngine, state: Any, prior: Optional[PriorSignificance] = None) -> None:
@@ -679,65 +672,25 @@ def check_training_state(engine: SRFTEngine, state: Any, prior: Optional[PriorSi
                              f"{float(t.min()):.6g}")
 
 
-# --- the methods SRFTModel gets -------------------------------------------------------------------------------------
-class SignificanceCheckpointMixin:
-    """``save_pretrained`` / ``from_pretrained`` / ``load_significance`` / ``push_to_hub`` for :class:`SRFTModel`."""
+def training_state(engine: SRFTEngine) -> dict[str, Any]:
+    """``{"engine": engine.state_dict(), "prior": engine.prior.to_state()}`` (no ``"prior"`` without one): all that
+    resuming needs. Tensors, numbers, strings and dicts only, so ``torch.load(..., weights_only=True)`` reads it."""
+    state: dict[str, Any] = {"engine": engine.state_dict()}
+    if engine.prior is not None:
+        state["prior"] = engine.prior.to_state()
+    return state
 
-    def save_pretrained(self, save_directory: PathLike, include_transfer_state: bool = False,
-                        is_main_process: bool = True) -> None:
-        """Write the prior significance (and, optionally, the transfer state v and step) to ``save_directory``; not the
-        model weights (``srft.unload().save_pretrained(...)`` or the base library's own saving write those). Other
-        processes than the main one (``is_main_process=False``, as in peft) write nothing.
 
-        Example:
-            >>> srft.save_pretrained("ostrack256-rgb-significance")  # doctest: +SKIP
-        """
-        if is_main_process:
-            save_significance(self, save_directory, include_transfer_state)
-
-    @classmethod
-    def from_pretrained(cls, model: nn.Module, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,
-                        cache_dir: Optional[PathLike] = None, token: Union[str, bool, None] = None,
-                        **config_overrides: Any) -> SRFTModel:
-        """Wrap ``model`` with a saved config (``config_overrides`` applied) and load its significance; the anchor
-        theta0 is ``model``'s current weights. Fields that define the significance (:data:`ESTIMATION_FIELDS`) cannot
-        be overridden.
-
-        Example:
-            >>> srft = SRFTModel.from_pretrained(tracker, "user/ostrack256-rgb", total_steps=20_000)  # doctest: +SKIP
-        """
-        if isinstance(model, cls):
-            raise ValueError("the model is already an SRFTModel; use srft.load_significance(...)")
-        checkpoint = load_significance_checkpoint(dir_or_repo_id, revision, cache_dir=cache_dir, token=token)
-        config = checkpoint.config
-        for key, value in config_overrides.items():
-            if key not in CONFIG_FIELDS:
-                raise ValueError(f"unknown SRFTConfig field {key!r} in from_pretrained overrides")
-            if key in ESTIMATION_FIELDS and value != getattr(config, key):
-                raise ValueError(f"{key} describes how the saved significance was computed ({getattr(config, key)!r}) "
-                                 f"and cannot be overridden with {value!r}; estimate a new prior instead")
-        srft = cls(model, dataclasses.replace(config, **config_overrides))
-        apply_checkpoint(srft, checkpoint)
-        return srft
-
-    def load_significance(self, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,
-                          cache_dir: Optional[PathLike] = None,
-                          token: Union[str, bool, None] = None) -> PriorSignificance:
-        """Load a saved prior significance into this model, anchored at the current weights (strict and atomic).
-
-        Example:
-            >>> prior = srft.load_significance("ostrack256-rgb-significance")  # doctest: +SKIP
-        """
-        checkpoint = load_significance_checkpoint(dir_or_repo_id, revision, cache_dir=cache_dir, token=token)
-        return apply_checkpoint(self, checkpoint)
-
-    def push_to_hub(self, repo_id: str, private: Optional[bool] = None,
-                    commit_message: str = "Upload SRFT significance", token: Union[str, bool, None] = None,
-                    include_transfer_state: bool = False) -> Any:
-        """Create ``repo_id`` if needed and upload what ``save_pretrained`` writes; returns the commit info.
-
-        Example:
-            >>> srft.push_to_hub("user/ostrack256-rgb-significance").commit_url  # doctest: +SKIP
-        """
-        return push_folder(repo_id, lambda folder: save_significance(self, folder, include_transfer_state, repo_id),
-                           private=private, commit_message=commit_message, token=token)
+@torch.no_grad()
+def load_training_state(engine: SRFTEngine, state: Any) -> None:
+    """Install a :func:`training_state`: first the saved prior (no re-estimation needed), then the anchors, statistics
+    and step, so the run continues exactly. All of it is validated before anything is set."""
+    if not isinstance(state, dict) or "engine" not in state:
+        raise ValueError(f"SRFT training state: expected a dict with 'engine' (and 'prior'), got {type(state).__name__}")
+    prior = PriorSignificance.from_state(state["prior"], "SRFT training state 'prior'") if "prior" in state else None
+    check_training_state(engine, state["engine"], prior)
+    if prior is not None:
+        with warnings.catch_warnings():  # the anchors are restored right below, not taken from the weights
+            warnings.filterwarnings("ignore", message="SRFT: the prior is set after")
+            engine.set_prior(prior)
+    engine.load_state_dict(state["engine"])

@@ -23,6 +23,8 @@ import huggingface_hub
 from huggingface_hub import constants, errors
 from huggingface_hub.utils import validate_repo_id
 
+from ._version import __version__
+
 
 def is_offline() -> bool:
     """Whether Hugging Face offline mode is on now (read at call time, not at import)."""
@@ -53,8 +55,6 @@ def resolve_folder(dir_or_repo_id: Union[str, Path], filenames: Sequence[str], r
 def download(repo_id: str, filename: str, revision: Optional[str] = None, *, cache_dir: Union[str, Path, None] = None,
              token: Union[str, bool, None] = None) -> str:
     """``hf_hub_download`` with cache-only lookup in offline mode and errors that say what to do."""
-    from . import __version__
-
     offline = is_offline()
     where = f"{filename!r} of the Hub repo {repo_id!r} (revision {revision or 'main'})"
     try:

@@ -15,19 +15,34 @@ Example:
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import SignificanceCheckpointMixin
+from .checkpoint import (
+    PathLike,
+    apply_checkpoint,
+    config_with_overrides,
+    load_significance_checkpoint,
+    load_training_state,
+    save_significance,
+    training_state,
+)
 from .config import SRFTConfig
-from .integrations._forwarding import accepts_loss_kwargs, eager_module, with_forward_signature
+from .forwarding import accepts_loss_kwargs, eager_module, with_forward_signature
+from .hub import push_folder
 from .regularizer.engine import SRFTEngine
 from .significance.estimation import LossFn, estimate_prior_significance, model_loss
 from .significance.prior import PriorSignificance
-from .targeting import calibration_targets, same_device_dtype, select_targets
+from .targeting import LORA_KINDS, Target, calibration_targets, same_device_dtype, select_targets
+
+#: For each accelerator, the models whose :class:`SRFTState` it checkpoints (each is registered once).
+_CHECKPOINTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class SummaryTable(list):
@@ -62,7 +77,7 @@ def check_estimate_args(dataloader: Any, loss_fn: Any, num_batches: Any) -> None
         raise ValueError(f"num_batches must be a positive integer or None, got {num_batches!r}")
 
 
-class SRFTModel(SignificanceCheckpointMixin, nn.Module):
+class SRFTModel(nn.Module):
     """A model under Significance-Regularized Fine-Tuning. Calls and attributes go to the wrapped model.
 
     Use :func:`get_srft_model` to build one. The regularized parameters are the model's own (no copy); SRFT's state
@@ -195,20 +210,28 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
     def prior(self) -> Optional[PriorSignificance]:
         return self._engine.prior
 
-    def attach(self, optimizer: Any, total_steps: Optional[int] = None, accelerator: Any = None) -> None:
+    def attach(self, optimizer: Any, total_steps: Optional[int] = None, accelerator: Any = None, *,
+               checkpoint: bool = True) -> None:
         """Hook ``optimizer``: the prior gradient before each step, the transfer damping after it.
 
         ``total_steps`` (T) overrides ``SRFTConfig.total_steps``. Works with wrapped optimizers such as accelerate's.
-        With ``accelerator`` (an ``accelerate.Accelerator``, after ``prepare``) it also makes the SRFT state identical
-        on every process and registers it for ``save_state``/``load_state``: see
-        :func:`srft_peft.integrations.accelerate.prepare_srft`.
+        With ``accelerator`` (an ``accelerate.Accelerator``, after ``prepare``) it first makes the SRFT state identical
+        on every process (:meth:`sync_srft_state`) and, with ``checkpoint``, registers an :class:`SRFTState` with
+        ``accelerator.register_for_checkpointing`` (once per accelerator) so ``save_state``/``load_state`` include it:
+        see :func:`srft_peft.integrations.accelerate.prepare_srft`.
         """
         if accelerator is not None:
-            from .integrations.accelerate import prepare_srft
-
-            prepare_srft(accelerator, self, optimizer, total_steps)
-            return
+            self.sync_srft_state()
         self._engine.attach(optimizer, total_steps)
+        registered = _CHECKPOINTED.setdefault(accelerator, weakref.WeakSet()) if accelerator is not None else None
+        if registered is not None and checkpoint and self not in registered:
+            accelerator.register_for_checkpointing(SRFTState(self))
+            registered.add(self)
+
+    @property
+    def attached(self) -> bool:
+        """Whether an optimizer is attached (its hooks are in place)."""
+        return self._engine.attached
 
     def detach(self) -> None:
         """Remove the optimizer hooks (the model and its weights stay as they are)."""
@@ -263,12 +286,24 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
 
     @property
     def step(self) -> int:
-        """Optimizer steps taken under SRFT (saved and restored with the SRFT state)."""
+        """Optimizer steps taken under SRFT (saved and restored with the SRFT state). Settable, e.g. to continue the
+        schedule at a resumed trainer's step when no SRFT state was saved."""
         return self._engine.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"step must be a non-negative integer, got {value!r}")
+        self._engine.step = value
 
     @property
     def regularized_parameters(self) -> list[str]:
         return list(self._engine.names)
+
+    @property
+    def regularized_targets(self) -> list[Target]:
+        """The regularized parameters as :class:`~srft_peft.targeting.Target` records (name, parameter, kind, ...)."""
+        return list(self._engine.targets)
 
     def significance_summary(self) -> SummaryTable:
         """Per-parameter table: kind (kfac/diagonal), rank, retained energy, mean/max significance, parameters."""
@@ -283,6 +318,32 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
     def load_srft_state_dict(self, state: dict[str, Any]) -> None:
         self._engine.load_state_dict(state)
 
+    def training_state(self) -> dict[str, Any]:
+        """``{"engine": srft_state_dict(), "prior": prior.to_state()}``: everything to resume exactly, also the prior
+        (see :func:`srft_peft.checkpoint.training_state`)."""
+        return training_state(self._engine)
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Install a :meth:`training_state`: the prior, then the anchors, statistics and step; validated first."""
+        load_training_state(self._engine, state)
+
+    def sync_srft_state(self, src: int = 0) -> None:
+        """Make the SRFT state of every process equal to process ``src``'s (one broadcast per tensor; no-op in a single
+        process), and rebuild it on the parameters' device (``accelerator.prepare`` may have moved the model)."""
+        engine = self._engine
+        state = self.training_state()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = engine.params[0].device
+            step = torch.tensor([engine.step], dtype=torch.int64, device=device)
+            dist.broadcast(step, src)
+            state["engine"]["step"] = int(step.item())
+            for t in _tensors(state):
+                moved = t.to(device).contiguous()
+                dist.broadcast(moved, src)
+                t.copy_(moved)
+        if engine.prior is not None or state["engine"]["tensors"]:
+            self.load_training_state(state)
+
     def memory_footprint(self) -> dict[str, int]:
         """Bytes SRFT keeps beside the model, by role (workspace, statistics, prior, ...), and the regularized
         parameters' own bytes under ``"parameters"``."""
@@ -292,6 +353,61 @@ class SRFTModel(SignificanceCheckpointMixin, nn.Module):
         """``(trainable, all)`` parameter counts of the wrapped model, like peft's."""
         params = list(self.base_model.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    # --- significance checkpoints (srft_peft.checkpoint) -------------------------------------------------------------
+    def save_pretrained(self, save_directory: PathLike, include_transfer_state: bool = False,
+                        is_main_process: bool = True) -> None:
+        """Write the prior significance (and, optionally, the transfer state v and step) to ``save_directory``; not the
+        model weights (``srft.unload().save_pretrained(...)`` or the base library's own saving write those). Other
+        processes than the main one (``is_main_process=False``, as in peft) write nothing.
+
+        Example:
+            >>> srft.save_pretrained("ostrack256-rgb-significance")  # doctest: +SKIP
+        """
+        if is_main_process:
+            save_significance(self._engine, self.base_model, save_directory, include_transfer_state)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,
+                        cache_dir: Optional[PathLike] = None, token: Union[str, bool, None] = None,
+                        **config_overrides: Any) -> SRFTModel:
+        """Wrap ``model`` with a saved config (``config_overrides`` applied) and load its significance; the anchor
+        theta0 is ``model``'s current weights. Fields that define the significance
+        (:data:`srft_peft.checkpoint.ESTIMATION_FIELDS`) cannot be overridden.
+
+        Example:
+            >>> srft = SRFTModel.from_pretrained(tracker, "user/ostrack256-rgb", total_steps=20_000)  # doctest: +SKIP
+        """
+        if isinstance(model, cls):
+            raise ValueError("the model is already an SRFTModel; use srft.load_significance(...)")
+        checkpoint = load_significance_checkpoint(dir_or_repo_id, revision, cache_dir=cache_dir, token=token)
+        srft = cls(model, config_with_overrides(checkpoint, config_overrides))
+        apply_checkpoint(srft._engine, checkpoint)
+        return srft
+
+    def load_significance(self, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,
+                          cache_dir: Optional[PathLike] = None,
+                          token: Union[str, bool, None] = None) -> PriorSignificance:
+        """Load a saved prior significance into this model, anchored at the current weights (strict and atomic).
+
+        Example:
+            >>> prior = srft.load_significance("ostrack256-rgb-significance")  # doctest: +SKIP
+        """
+        checkpoint = load_significance_checkpoint(dir_or_repo_id, revision, cache_dir=cache_dir, token=token)
+        return apply_checkpoint(self._engine, checkpoint)
+
+    def push_to_hub(self, repo_id: str, private: Optional[bool] = None,
+                    commit_message: str = "Upload SRFT significance", token: Union[str, bool, None] = None,
+                    include_transfer_state: bool = False) -> Any:
+        """Create ``repo_id`` if needed and upload what ``save_pretrained`` writes; returns the commit info.
+
+        Example:
+            >>> srft.push_to_hub("user/ostrack256-rgb-significance").commit_url  # doctest: +SKIP
+        """
+        def write(folder: Path) -> Path:
+            return save_significance(self._engine, self.base_model, folder, include_transfer_state, repo_id)
+
+        return push_folder(repo_id, write, private=private, commit_message=commit_message, token=token)
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
@@ -312,4 +428,36 @@ def get_srft_model(model: nn.Module, config: Optional[SRFTConfig] = None) -> SRF
     check_model(model)
     if isinstance(model, SRFTModel):
         raise ValueError("the model is already an SRFTModel")
-    return SRFTModel(model, config if config is not None else SRFTConfig())
+    srft = SRFTModel(model, config if config is not None else SRFTConfig())
+    plain = [t.name for t in srft.regularized_targets if t.kind not in LORA_KINDS and ".lora_" in t.name]
+    if plain:
+        warnings.warn(f"SRFT: {len(plain)} LoRA parameters (e.g. {plain[0]!r}) are regularized as ordinary parameters "
+                      "toward their initial values, not through the base weight's prior (LoRA variant, LoRA bias, "
+                      "Conv/Embedding LoRA, or prior_estimator='diagonal')", stacklevel=2)
+    return srft
+
+
+class SRFTState:
+    """The SRFT training state of one `SRFTModel` as an object for ``accelerator.register_for_checkpointing``.
+
+    ``state_dict()`` is :meth:`SRFTModel.training_state` (``{"engine": ..., "prior": ...}``), ``load_state_dict``
+    :meth:`SRFTModel.load_training_state`: the resumed run continues exactly where the saved one was.
+    """
+
+    def __init__(self, srft: SRFTModel) -> None:
+        self.srft = srft
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.srft.training_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.srft.load_training_state(state)
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """The tensors of a nested dict, in sorted-key order (the same on every process)."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for k in sorted(tree) for t in _tensors(tree[k])]
+    return []

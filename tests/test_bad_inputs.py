@@ -29,6 +29,7 @@ from srft_peft import SRFTConfig, SRFTModel, get_srft_model
 from srft_peft.checkpoint import CONFIG_NAME, MODEL_CARD_NAME, SIGNIFICANCE_NAME
 from srft_peft.cli import main
 from srft_peft.integrations.accelerate import SRFTState
+from srft_peft.significance import PriorSignificance
 from srft_peft.targeting import select_targets
 from srft_peft.tracking.train import build_parser, config_from_args
 
@@ -228,11 +229,11 @@ RESUME = {
     "missing anchor": (lambda t: engine_state_with(t, lambda s: drop(s["engine"]["tensors"], "anchor.group0.P0")),
                        ("'anchor.group0.P0'",)),
     "U that is a list": (lambda t: engine_state_with(t, lambda s: s["prior"]["entries"]["fc1.weight"].update(
-        U=[[0.0]])), ("'U'", "'fc1.weight'", "must be a tensor", "list")),
+        U=[[0.0]])), ("'fc1.weight.U'", "'fc1.weight'", "must be a tensor", "list")),
     "prior without entries": (lambda t: engine_state_with(t, lambda s: drop(s["prior"], "entries")),
-                              ("malformed 'prior'", "entries")),
+                              ("'prior'", "'entries'", "missing")),
     "negative omega in prior": (lambda t: engine_state_with(
-        t, lambda s: s["prior"]["entries"]["fc2.weight"]["omega"].neg_()), ("'omega'", "'fc2.weight'", "non-negative")),
+        t, lambda s: s["prior"]["entries"]["fc2.weight"]["omega"].neg_()), ("'fc2.weight.omega'", "non-negative")),
     "prior of a missing parameter": (lambda t: engine_state_with(t, lambda s: drop(s["prior"]["entries"], "pos")),
                                      ("'pos'", "no significance")),
     "prior normalizer": (lambda t: engine_state_with(t, lambda s: s["prior"].update(normalizer=NAN)),
@@ -355,3 +356,56 @@ def test_lora_transfer_state_of_another_adapter_rank(tmp_path: Path) -> None:
                        "(2, 6)", "(4, 6)"):
         target.load_significance(tmp_path)
     assert_unchanged(target, before)
+
+
+# --- PriorSignificance.from_state: every malformed field named, with its value ---------------------------------------
+def _prior_state() -> dict:
+    return make_srft("kfac").prior.to_state()
+
+
+def _entry(state: dict, kind: str) -> dict:
+    return next(e for e in state["entries"].values() if e["kind"] == kind)
+
+
+FROM_STATE = {
+    "not a dict": (lambda s: [s], TypeError, ("prior state", "list")),
+    "missing normalizer": (lambda s: drop(s, "normalizer") or s, ValueError, ("'normalizer'", "missing")),
+    "entries a list": (lambda s: {**s, "entries": []}, ValueError, ("'entries'", "list")),
+    "negative normalizer": (lambda s: {**s, "normalizer": -2.0}, ValueError, ("'normalizer'", "-2.0")),
+    "bool count": (lambda s: {**s, "num_examples": True}, ValueError, ("'num_examples'", "True")),
+    "negative count": (lambda s: {**s, "num_batches": -1}, ValueError, ("'num_batches'", "-1")),
+    "objective not text": (lambda s: {**s, "objective": 3}, ValueError, ("'objective'", "3")),
+    "normalized not bool": (lambda s: {**s, "normalized": "yes"}, ValueError, ("'normalized'", "'yes'")),
+    "unknown kind": (lambda s: _entry(s, "kfac").update(kind="lowrank") or s, ValueError, ("'fc1.weight'", "lowrank")),
+    "kfac without V": (lambda s: drop(s["entries"]["fc1.weight"], "V") or s, ValueError, ("'fc1.weight'", "'V'")),
+    "U a vector": (lambda s: s["entries"]["fc1.weight"].update(U=torch.ones(3)) or s, ValueError,
+                   ("'fc1.weight.U'", "matrix", "(3,)")),
+    "NaN omega": (lambda s: s["entries"]["fc1.weight"]["omega"].fill_(NAN) is None or s, ValueError,
+                  ("'fc1.weight.omega'", "finite")),
+    "omega of another rank": (lambda s: s["entries"]["fc1.weight"].update(omega=torch.ones(1, 1)) or s, ValueError,
+                              ("'fc1.weight.omega'", "(1, 1)")),
+    "energy above 1": (lambda s: s["entries"]["fc1.weight"].update(retained_energy=1.5) or s, ValueError,
+                       ("'retained_energy'", "'fc1.weight'", "1.5")),
+    "negative fisher": (lambda s: s["entries"]["pos"]["fisher"].sub_(5.0) is None or s, ValueError,
+                        ("'pos.fisher'", "non-negative")),
+    "unknown source": (lambda s: s["entries"]["pos"].update(source="guess") or s, ValueError, ("'source'", "'guess'")),
+    "integer fisher": (lambda s: s["entries"]["pos"].update(fisher=torch.ones(8, dtype=torch.int64)) or s, ValueError,
+                       ("'pos.fisher'", "torch.int64")),
+}
+
+
+@pytest.mark.parametrize("corrupt, error, needles", list(FROM_STATE.values()), ids=list(FROM_STATE))
+def test_prior_from_state_names_the_bad_field(corrupt, error, needles: tuple[str, ...]) -> None:
+    state = corrupt(_prior_state())
+    with raises_naming(error, *needles):
+        PriorSignificance.from_state(state)
+
+
+def test_setting_a_bad_step_changes_nothing(target: SRFTModel) -> None:
+    before = snapshot(target)
+    for bad in (-1, 2.5, True, "3"):
+        with raises_naming(ValueError, "step", repr(bad)):
+            target.step = bad
+    assert_unchanged(target, before)
+    target.step = 7
+    assert target.step == 7 and target.srft_state_dict()["step"] == 7

@@ -15,12 +15,13 @@ import pytest
 import timm
 import torch
 from checkpoint_helpers import assert_unchanged, batches, make_srft, perturb_, rewrite_json, rewrite_tensors, snapshot, tiny
+from engine_helpers import state_tensor
 from safetensors.torch import load_file
 from torch import nn
 
 from srft_peft import SRFTConfig, SRFTModel, get_srft_model, load_significance_checkpoint
 from srft_peft.checkpoint import CONFIG_NAME, METADATA_KEYS, MODEL_CARD_NAME, SIGNIFICANCE_NAME, describe_base_model
-from srft_peft.significance import KFACSignificance, PriorSignificance
+from srft_peft.significance import DiagonalSignificance, KFACSignificance, PriorSignificance
 
 
 def assert_prior_equal(a: PriorSignificance, b: PriorSignificance) -> None:
@@ -155,7 +156,7 @@ def test_model_card(tmp_path: Path) -> None:
 
 def test_base_model_names() -> None:
     hf = nn.Linear(1, 1)
-    hf.config = SimpleNamespace(_name_or_path="org/tracker", _commit_hash="abc123")
+    hf.config = SimpleNamespace(name_or_path="org/tracker", _commit_hash="abc123")  # transformers' public property
     assert describe_base_model(hf) == {"name": "org/tracker", "revision": "abc123", "class": "Linear"}
     assert describe_base_model(nn.Linear(1, 1))["name"] == "Linear"
 
@@ -323,7 +324,7 @@ def test_lora_significance_round_trip(tmp_path: Path, capsys: pytest.CaptureFixt
     from srft_peft.cli import main
 
     src = lora_srft(train_steps=2)
-    assert {t.kind for t in src._engine.targets} == {"lora_A", "lora_B"}
+    assert {t.kind for t in src.regularized_targets} == {"lora_A", "lora_B"}
     src.save_pretrained(tmp_path, include_transfer_state=True)
     meta = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert sorted(meta["entries"]) == ["base_model.model.fc1.base_layer.weight", "base_model.model.fc2.base_layer.weight"]
@@ -331,7 +332,7 @@ def test_lora_significance_round_trip(tmp_path: Path, capsys: pytest.CaptureFixt
     loaded = lora_srft(seed=4)  # another prior, no transfer state
     prior = loaded.load_significance(tmp_path)
     assert_prior_equal(prior, src.prior)
-    assert loaded.step == src.step == 2 and torch.equal(loaded._engine.v_flat, src._engine.v_flat)
+    assert loaded.step == src.step == 2 and torch.equal(state_tensor(loaded, "transfer.v"), state_tensor(src, "transfer.v"))
 
     fresh = lora_srft(seed=4).base_model  # the same LoRA architecture, weights as they are
     again = SRFTModel.from_pretrained(fresh, tmp_path, lambda_prior=0.5)
@@ -341,3 +342,35 @@ def test_lora_significance_round_trip(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "base_model.model.fc1.base_layer.weight" in out and "step 2, v for every parameter" in out
+
+
+# --- PriorSignificance.to_state / from_state: the one serialization of a prior ---------------------------------------
+def test_prior_state_round_trips_through_a_weights_only_load() -> None:
+    import io
+
+    prior = make_srft("kfac").prior
+    assert {type(e) for e in prior.entries.values()} == {KFACSignificance, DiagonalSignificance}
+    buffer = io.BytesIO()
+    torch.save(prior.to_state(), buffer)
+    buffer.seek(0)
+    again = PriorSignificance.from_state(torch.load(buffer, weights_only=True))
+    assert_prior_equal(again, prior)
+
+
+def test_training_state_moves_prior_anchors_and_step_to_a_fresh_model() -> None:
+    src = make_srft("kfac", train_steps=2, transfer_statistics="own")
+    dst = get_srft_model(copy.deepcopy(src.base_model), src.srft_config)  # the same weights, no prior yet
+    dst.load_training_state(src.training_state())
+    assert_prior_equal(dst.prior, src.prior)
+    assert dst.step == src.step == 2
+    a, b = dst.srft_state_dict(), src.srft_state_dict()
+    assert a["tensors"].keys() == b["tensors"].keys() and "transfer.v" in a["tensors"]
+    assert all(torch.equal(a["tensors"][k], b["tensors"][k]) for k in a["tensors"])
+    torch.testing.assert_close(dst.prior_penalty(), src.prior_penalty())
+
+
+def test_a_uniform_l2sp_prior_round_trips_through_its_state() -> None:
+    """The tracking toolkit's L2-SP baseline uses a diagonal prior of source 'uniform'; its training state must load."""
+    prior = PriorSignificance({"b": DiagonalSignificance("b", torch.ones(3), source="uniform")}, normalized=True)
+    assert_prior_equal(PriorSignificance.from_state(prior.to_state()), prior)
+

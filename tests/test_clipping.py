@@ -8,6 +8,7 @@ from typing import Optional
 
 import pytest
 import torch
+from engine_helpers import prior_lambda, state_tensor
 
 from srft_peft import SRFTConfig, get_srft_model
 
@@ -61,7 +62,7 @@ def train(srft, batches, calls: tuple[str, ...] = (), steps: int = 5, micro: int
             opt.step()
         opt.zero_grad(set_to_none=set_to_none)
     params = torch.cat([p.detach().reshape(-1) for p in srft.parameters()])
-    return {"params": params, "v": srft._engine.v_flat.clone(), "step": srft.step, "norms": norms}
+    return {"params": params, "v": state_tensor(srft, "transfer.v"), "step": srft.step, "norms": norms}
 
 
 def assert_same(a: dict, b: dict, exact: bool = False) -> None:
@@ -110,8 +111,7 @@ def test_each_step_gets_its_own_prior_gradient(token_mlp, token_batches):
     task_loss(srft, token_batches[0]).backward()
     task = srft.base_model.fc1.weight.grad.clone()
     srft.add_prior_gradient()
-    expected = task + srft._engine.coefficients()[0] * torch.autograd.grad(srft.prior_penalty(),
-                                                                            srft.base_model.fc1.weight)[0]
+    expected = task + prior_lambda(srft) * torch.autograd.grad(srft.prior_penalty(), srft.base_model.fc1.weight)[0]
     torch.testing.assert_close(srft.base_model.fc1.weight.grad, expected, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(expected, task)
 
@@ -139,7 +139,7 @@ def test_parameter_with_a_gradient_only_in_a_later_micro_batch_gets_it_once(toke
     task_loss(srft, token_batches[1]).backward()
     task_pos = pos.grad.clone()
     srft.add_prior_gradient()
-    expected = task_pos + srft._engine.coefficients()[0] * torch.autograd.grad(srft.prior_penalty(), pos)[0]
+    expected = task_pos + prior_lambda(srft) * torch.autograd.grad(srft.prior_penalty(), pos)[0]
     torch.testing.assert_close(pos.grad, expected, rtol=1e-5, atol=1e-7)
     fc1 = srft.base_model.fc1.weight.grad.clone()
     srft.add_prior_gradient()
@@ -200,7 +200,7 @@ def test_accelerate_clip_grad_norm_after_the_prior_gradient(token_mlp, token_bat
                 opt.step()
                 opt.zero_grad()
         params = torch.cat([p.detach().reshape(-1) for p in srft.parameters()])
-        return {"params": params, "v": srft._engine.v_flat.clone(), "step": srft.step}
+        return {"params": params, "v": state_tensor(srft, "transfer.v"), "step": srft.step}
 
     try:
         loss_mode, grad_mode = run("loss"), run("grad")

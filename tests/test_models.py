@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from engine_helpers import regularized_params
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTForImageClassification, ViTModel
 
@@ -26,14 +27,14 @@ def run_srft(model, batch, loss_of, config=None):
     srft.train()
     opt = torch.optim.AdamW(srft.parameters(), lr=1e-3, weight_decay=0.0)
     srft.attach(opt)
-    before = [p.detach().clone() for p in srft._engine.params]
+    before = [p.detach().clone() for p in regularized_params(srft)]
     for _ in range(3):
         out = srft(**batch) if isinstance(batch, dict) else srft(batch)
         loss_of(out).backward()
         opt.step()
         opt.zero_grad()
     assert srft.step == 3
-    assert any(not torch.equal(a, b) for a, b in zip(before, srft._engine.params))
+    assert any(not torch.equal(a, b) for a, b in zip(before, regularized_params(srft)))
     return srft
 
 

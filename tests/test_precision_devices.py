@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from engine_helpers import engine_copy, regularized_params, state_tensor
 
 from srft_peft import SRFTConfig, get_srft_model
 from srft_peft.significance.prior import KFACSignificance
@@ -24,7 +25,7 @@ def _float32_prior(model, batches, **cfg):
 def _prior_gradient_float64(srft, anchors):
     """grad R_prior at the current weights, in float64 from the prior's U, V, omega / F and the anchor weights."""
     out = []
-    for t, w0 in zip(srft._engine.targets, anchors):
+    for t, w0 in zip(srft.regularized_targets, anchors):
         e = srft.prior.entries[t.name]
         d = t.param.detach().double() - w0
         if isinstance(e, KFACSignificance):
@@ -43,13 +44,13 @@ def _relative_error(got, ref):
 
 def _grads_after_pre_hook(srft):
     """The gradients after SRFT's pre-step hook on zero gradients (SGD with lr 0: only SRFT's work shows)."""
-    for p in srft._engine.params:
+    for p in regularized_params(srft):
         p.grad = torch.zeros_like(p)
     opt = torch.optim.SGD(srft.parameters(), lr=0.0)
     srft.attach(opt)
     opt.step()
     srft.detach()
-    return [p.grad for p in srft._engine.params]
+    return [p.grad for p in regularized_params(srft)]
 
 
 @pytest.mark.parametrize("dtype", HALF)
@@ -58,7 +59,7 @@ def test_prior_gradient_of_a_half_model_matches_float64(token_mlp, token_batches
     model = token_mlp.to(dtype)  # cast before wrapping, as with HF models loaded in bf16
     srft = get_srft_model(model, _config())
     srft.set_prior(prior)
-    anchors = [p.detach().double() for p in srft._engine.params]
+    anchors = [p.detach().double() for p in regularized_params(srft)]
     with torch.no_grad():
         torch.manual_seed(3)
         for p in model.parameters():
@@ -68,7 +69,9 @@ def test_prior_gradient_of_a_half_model_matches_float64(token_mlp, token_batches
     assert all(g.dtype == dtype for g in grads)
     err = _relative_error(grads, ref)
     assert err < 2 ** -8, err  # only the final rounding into the parameters' dtype
-    state = srft._engine
+    saved = srft.srft_state_dict()["tensors"]
+    assert all(t.dtype == torch.float32 for k, t in saved.items() if k.startswith("anchor.")), saved.keys()
+    state = engine_copy(srft)  # the same prior and anchors, built explicitly
     assert state.prior_term.groups[0][1].dtype == torch.float32 and state.prior_term.fisher[0].dtype == torch.float32
     ws = state.layout.new_buffer()
     state.prior_term.gradient_into_(state._float32_params(), ws)
@@ -81,14 +84,14 @@ def test_fp16_squared_gradient_neither_overflows_nor_underflows(token_mlp, token
     prior = _float32_prior(token_mlp, token_batches)
     srft = get_srft_model(token_mlp.half(), _config(transfer_statistics="own", lambda_prior=0.0))
     srft.set_prior(prior)
-    params = srft._engine.params
+    params = regularized_params(srft)
     opt = torch.optim.SGD(srft.parameters(), lr=1e-3)
     srft.attach(opt)
     big, small = torch.tensor(300.0, dtype=torch.float16), torch.tensor(1e-4, dtype=torch.float16)
     for i, p in enumerate(params):  # 300^2 overflows fp16 (max 65504), 1e-4^2 underflows it (min 6e-8)
         p.grad = torch.full_like(p, big if i % 2 == 0 else small)
     opt.step()
-    v = srft._engine.layout.views(srft._engine.v_flat)
+    v = engine_copy(srft).layout.views(state_tensor(srft, "transfer.v"))
     beta = srft.srft_config.transfer_beta
     for i, (p, vi) in enumerate(zip(params, v)):
         g = float(big if i % 2 == 0 else small)
@@ -99,7 +102,7 @@ def test_fp16_squared_gradient_neither_overflows_nor_underflows(token_mlp, token
 
 def _fixed_gradient_steps(srft, steps=3, lr=1e-2):
     """SGD steps with the same fixed gradients whatever the model's dtype (AdamW's eps=1e-8 underflows in fp16)."""
-    params = srft._engine.params
+    params = regularized_params(srft)
     opt = torch.optim.SGD(srft.parameters(), lr=lr, momentum=0.9)
     srft.attach(opt)
     g = torch.Generator().manual_seed(5)
@@ -128,14 +131,13 @@ def test_state_follows_dtype_moves_after_the_prior(token_mlp, token_batches, mov
     else:
         getattr(srft, move)()
     with torch.no_grad():  # the float32 reference starts from exactly the moved weights
-        for p, q in zip(reference._engine.params, srft._engine.params):
+        for p, q in zip(regularized_params(reference), regularized_params(srft)):
             p.copy_(q.float())
     _fixed_gradient_steps(srft)
     _fixed_gradient_steps(reference)
-    engine = srft._engine
-    assert engine.v_flat.dtype == torch.float32 and engine.prior_term.groups[0][-1].dtype == torch.float32
+    assert all(t.dtype == torch.float32 for t in srft.srft_state_dict()["tensors"].values())  # v and anchors
     tol = 1e-5 if dtype == torch.float64 else 2 ** -7
-    for name, p, q in zip(engine.names, engine.params, reference._engine.params):
+    for name, p, q in zip(srft.regularized_parameters, regularized_params(srft), regularized_params(reference)):
         assert p.dtype == dtype and torch.isfinite(p).all(), name
         torch.testing.assert_close(p.float(), q, rtol=tol, atol=tol, msg=name)
 
@@ -151,14 +153,14 @@ def test_state_follows_a_move_to_cuda(token_mlp, token_batches, how):
     (srft if how == "srft" else token_mlp).to("cuda")
     _fixed_gradient_steps(srft, steps=2)
     _fixed_gradient_steps(reference, steps=2)
-    engine = srft._engine
-    assert engine.layout.device.type == "cuda" and engine.v_flat.device.type == "cuda"
-    assert all(c.device.type == "cuda" for c in engine.transfer.rank_codes.values())
-    for name, p, q in zip(engine.names, engine.params, reference._engine.params):
+    saved = srft.srft_state_dict()["tensors"]
+    assert "transfer.v" in saved and any(k.startswith("transfer.rank_codes.") for k in saved)
+    assert all(t.device.type == "cuda" for t in saved.values()), {k: t.device for k, t in saved.items()}
+    for name, p, q in zip(srft.regularized_parameters, regularized_params(srft), regularized_params(reference)):
         assert p.device.type == "cuda"
         torch.testing.assert_close(p.cpu(), q, rtol=1e-5, atol=1e-6, msg=name)
     srft.cpu()
-    assert engine.v_flat.device.type == "cpu" and engine.prior_term.groups[0][1].device.type == "cpu"
+    assert all(t.device.type == "cpu" for t in srft.srft_state_dict()["tensors"].values())
 
 
 # --- attach ---------------------------------------------------------------------------------------------------------
@@ -188,19 +190,19 @@ def test_second_srft_over_the_same_model_is_refused_on_one_optimizer(token_mlp, 
     hooks = _hooks(opt)
     with pytest.raises(ValueError, match=r"SGD already has an SRFT attachment for parameter 'pos'"):
         second.attach(opt)
-    assert _hooks(opt) == hooks and first._engine.attached and not second._engine.attached
+    assert _hooks(opt) == hooks and first.attached and not second.attached
     with torch.no_grad():
         token_mlp.fc1.weight.add_(0.1)
     once = _grads_after_pre_hook(copy.deepcopy(first))
     for p in token_mlp.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()
-    torch.testing.assert_close([p.grad for p in first._engine.params], once)  # the prior gradient counted once
+    torch.testing.assert_close([p.grad for p in regularized_params(first)], once)  # the prior gradient counted once
     first.attach(opt)  # re-attaching the same SRFTModel replaces its own hooks
     assert _hooks(opt) == hooks
     first.detach()
     second.attach(opt)  # allowed once the first is detached
-    assert second._engine.attached
+    assert second.attached
 
 
 def _attached_with_adam(token_mlp):
@@ -211,9 +213,9 @@ def _attached_with_adam(token_mlp):
 
 
 def _unchanged(srft, opt, hooks):
-    engine = srft._engine
-    return (srft._engine.attached and engine.optimizer is opt and engine.statistics == "optimizer"
-            and engine.total_steps == 8 and engine.step == 0 and _hooks(opt) == hooks)
+    state = srft.srft_state_dict()
+    return (srft.attached and state["statistics"] == "optimizer" and state["total_steps"] == 8 and srft.step == 0
+            and _hooks(opt) == hooks)
 
 
 def test_failed_reattach_keeps_the_working_attachment(token_mlp):
@@ -263,12 +265,12 @@ def test_lora_prior_gradient_of_a_bf16_model_matches_autograd_in_float64(token_m
     srft_half, srft_full = get_srft_model(half, _config(**cfg)), get_srft_model(full, _config(**cfg))
     srft_half.set_prior(prior)
     srft_full.set_prior(prior)  # the same anchors: the bf16 values, exact in float64
-    assert {t.kind for t in srft_half._engine.targets} == {"lora_A", "lora_B"}
+    assert {t.kind for t in srft_half.regularized_targets} == {"lora_A", "lora_B"}
     with torch.no_grad():
         torch.manual_seed(5)
-        for p, q in zip(srft_half._engine.params, srft_full._engine.params):
+        for p, q in zip(regularized_params(srft_half), regularized_params(srft_full)):
             p.add_(torch.randn_like(p) * 0.005)
             q.copy_(p.double())
-    ref = [g.double() for g in torch.autograd.grad(srft_full.prior_penalty(), srft_full._engine.params)]
+    ref = [g.double() for g in torch.autograd.grad(srft_full.prior_penalty(), regularized_params(srft_full))]
     err = _relative_error(_grads_after_pre_hook(srft_half), ref)
     assert err < 2 ** -8, err

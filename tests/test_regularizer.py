@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from engine_helpers import engine_copy, regularized_params, state_tensor
 from torch import nn
 
 from srft_peft import SRFTConfig, get_srft_model
@@ -39,11 +40,12 @@ def test_fused_prior_gradient_equals_autograd(token_mlp, token_batches):
     with torch.no_grad():
         for p in token_mlp.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    params = srft._engine.params
+    params = regularized_params(srft)
     expected = torch.autograd.grad(srft.prior_penalty(), params)
-    ws = srft._engine.layout.new_buffer()
-    srft._engine.prior_term.gradient_into_(params, ws)
-    for name, got, ref in zip(srft.regularized_parameters, srft._engine.layout.views(ws), expected):
+    engine = engine_copy(srft)
+    ws = engine.layout.new_buffer()
+    engine.prior_term.gradient_into_(params, ws)
+    for name, got, ref in zip(srft.regularized_parameters, engine.layout.views(ws), expected):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7, msg=name)
 
 
@@ -172,23 +174,34 @@ def test_rank_codes_decode_to_rank_damping(mapping):
 
 def test_statistics_not_updated_on_non_finite_gradients():
     _, srft = transfer_only_step(torch.tensor([1.0, 1.0, 2.0, 0.0]), "value", transfer_beta=0.5)
-    engine = srft._engine
-    v_before = engine.v_flat.clone()
-    p = engine.params[0]
+    v_before = state_tensor(srft, "transfer.v")
+    p = regularized_params(srft)[0]
+    opt = torch.optim.SGD([p], lr=0.0)  # only SRFT's statistics move
+    srft.attach(opt)
     p.grad = torch.tensor([1.0, float("inf"), 0.0, float("nan")])
-    engine._before_step(engine.optimizer, (), {})
-    assert torch.equal(engine.v_flat, v_before)
+    opt.step()
+    assert torch.equal(state_tensor(srft, "transfer.v"), v_before)
     p.grad = torch.tensor([2.0, 2.0, 2.0, 2.0])
-    engine._before_step(engine.optimizer, (), {})
-    torch.testing.assert_close(engine.v_flat, 0.5 * v_before + 0.5 * 4.0)
+    opt.step()
+    torch.testing.assert_close(state_tensor(srft, "transfer.v"), 0.5 * v_before + 0.5 * 4.0)
 
 
 def test_optimizer_statistics_reuse_adam_exp_avg_sq(token_mlp, token_batches):
     srft = prepared(token_mlp, token_batches)
     opt = train(token_mlp, token_batches, steps=2, srft=srft)
-    assert srft._engine.statistics == "optimizer" and srft._engine.v_flat is None
-    v = srft._engine._statistics_for([0])[0]
-    assert v is opt.state[srft._engine.params[0]]["exp_avg_sq"]
+    state = srft.srft_state_dict()
+    assert state["statistics"] == "optimizer" and "transfer.v" not in state["tensors"]
+    srft.detach()
+    engine = engine_copy(srft)
+    engine.attach(opt)
+    v = engine._statistics_for([0])[0]
+    assert v is opt.state[regularized_params(srft)[0]]["exp_avg_sq"]
+
+
+def saved_rank_codes(state: dict) -> dict:
+    """The rank-mode damping codes of an ``srft_state_dict()``, by parameter name."""
+    prefix = "transfer.rank_codes."
+    return {k[len(prefix):]: t for k, t in state["tensors"].items() if k.startswith(prefix)}
 
 
 def test_step_counter_and_state_round_trip(token_mlp, token_batches):
@@ -198,17 +211,17 @@ def test_step_counter_and_state_round_trip(token_mlp, token_batches):
     assert state["step"] == 3 and srft.kappa == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(3 / 8 * torch.pi))))
     other = prepared(copy.deepcopy(token_mlp), token_batches, transfer_statistics="own", transfer_mode="rank")
     other.load_srft_state_dict(state)
-    assert other.step == 3 and torch.equal(other._engine.v_flat, srft._engine.v_flat)
-    rank_a, rank_b = other._engine.transfer.rank_codes, srft._engine.transfer.rank_codes
+    assert other.step == 3 and torch.equal(state_tensor(other, "transfer.v"), state_tensor(srft, "transfer.v"))
+    rank_a, rank_b = (saved_rank_codes(s.srft_state_dict()) for s in (other, srft))
     assert rank_a.keys() == rank_b.keys() and all(torch.equal(rank_a[k], rank_b[k]) for k in rank_a)
     # a state from before the int16 cache (float m) converts to the same codes
     old = {**state, "tensors": {k: v for k, v in state["tensors"].items() if not k.startswith("transfer.rank_codes.")}}
-    for i, codes in rank_b.items():
+    for name, codes in rank_b.items():
         m = 0.25 + 0.4 * codes.double() / RANK_LEVELS
-        old["tensors"][f"transfer.rank_m.{srft._engine.names[i]}"] = m.float()
+        old["tensors"][f"transfer.rank_m.{name}"] = m.float()
     third = prepared(copy.deepcopy(token_mlp), token_batches, transfer_statistics="own", transfer_mode="rank")
     third.load_srft_state_dict(old)
-    assert all(torch.equal(third._engine.transfer.rank_codes[k], rank_b[k]) for k in rank_b)
+    assert all(torch.equal(saved_rank_codes(third.srft_state_dict())[k], rank_b[k]) for k in rank_b)
     bad = {**state, "tensors": {**state["tensors"], next(k for k in state["tensors"] if "rank_codes" in k):
                                 torch.zeros(1)}}
     with pytest.raises(ValueError, match="must be an int16 tensor"):
@@ -245,10 +258,10 @@ def test_scaler_skipped_step_changes_nothing(token_mlp, token_batches):
     loss = srft(token_batches[0]).pow(2).mean()
     scaler.scale(loss).backward()
     token_mlp.fc1.weight.grad[0, 0] = float("inf")
-    v, before = srft._engine.v_flat.clone(), [p.detach().clone() for p in token_mlp.parameters()]
+    v, before = state_tensor(srft, "transfer.v"), [p.detach().clone() for p in token_mlp.parameters()]
     scaler.step(opt)
     scaler.update()
-    assert srft.step == 0 and torch.equal(srft._engine.v_flat, v)
+    assert srft.step == 0 and torch.equal(state_tensor(srft, "transfer.v"), v)
     assert all(torch.equal(a, b) for a, b in zip(before, token_mlp.parameters()))
 
 

@@ -34,7 +34,7 @@ def test_unload_returns_the_plain_fine_tuned_model_with_the_optimizer_hooks_remo
     tuned = {k: v.clone() for k, v in base.state_dict().items()}
     plain = getattr(srft, method)()
     assert plain is base and type(plain) is vt.VisionTransformer
-    assert not srft._engine.attached and srft.step == 3
+    assert not srft.attached and srft.step == 3
     # a step after unloading is a plain SGD step: SRFT neither counts it nor changes the gradient
     probe = get_srft_model(tiny_vit(), SRFTConfig(prior_rank=2)).base_model
     probe.load_state_dict(tuned)
@@ -48,7 +48,7 @@ def test_unload_returns_the_plain_fine_tuned_model_with_the_optimizer_hooks_remo
     for (name, a), b in zip(plain.named_parameters(), probe.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     srft.attach(opt)  # the SRFTModel stays usable
-    assert srft._engine.attached
+    assert srft.attached
 
 
 def test_state_dict_is_the_wrapped_models_and_loads_into_a_fresh_timm_model(tiny_vit, tmp_path):

@@ -11,7 +11,7 @@ How the pieces fit:
 
 * ``Trainer`` inspects the model's ``forward`` signature (which batch columns to keep, the label names, whether it can
   return a loss, whether to pass ``num_items_in_batch``). An `SRFTModel` shows the wrapped model's signature (see
-  ``srft_peft.integrations._forwarding``), so datasets, collators, evaluation and metrics work as without SRFT.
+  ``srft_peft.forwarding``), so datasets, collators, evaluation and metrics work as without SRFT.
 * ``apply="loss"``: the wrapper adds lambda_p(t) R_prior to ``outputs.loss`` in every training forward. It reports
   ``accepts_loss_kwargs = False``, so the Trainer divides each micro-batch's loss by the accumulation steps and the
   penalty counts once per optimizer step (with ``num_items_in_batch`` the Trainer would not divide and the penalty
@@ -39,7 +39,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..model import SRFTModel
-from .accelerate import SRFTState, find_srft_model, sync_srft_state
+from .accelerate import find_srft_model
 
 __all__ = ["SRFT_STATE_NAME", "SRFTCallback", "save_model_config"]
 
@@ -74,7 +74,7 @@ class SRFTCallback(TrainerCallback):
             raise ValueError("SRFTCallback: apply='loss' adds the penalty in SRFTModel.forward, but the Trainer trains "
                              f"{type(model).__name__}; pass the SRFTModel as Trainer(model=srft, ...) or use "
                              "apply='grad'")
-        sync_srft_state(srft)
+        srft.sync_srft_state()
         srft.attach(optimizer, self.total_steps or state.max_steps)
         if state.global_step > 0:
             self._resume(args, state)
@@ -84,7 +84,7 @@ class SRFTCallback(TrainerCallback):
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder):
-            torch.save(SRFTState(self.srft).state_dict(), os.path.join(folder, SRFT_STATE_NAME))
+            torch.save(self.srft.training_state(), os.path.join(folder, SRFT_STATE_NAME))
             save_model_config(self.srft.get_base_model(), folder)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -100,12 +100,12 @@ class SRFTCallback(TrainerCallback):
         for folder in candidates:
             if isinstance(folder, str) and os.path.isfile(os.path.join(folder, SRFT_STATE_NAME)):
                 saved = torch.load(os.path.join(folder, SRFT_STATE_NAME), map_location="cpu", weights_only=True)
-                SRFTState(self.srft).load_state_dict(saved)
+                self.srft.load_training_state(saved)
                 return
         warnings.warn(f"SRFT: resuming at global step {state.global_step} without {SRFT_STATE_NAME} (looked in "
                       f"{[c for c in candidates if isinstance(c, str)]}); the schedule continues from that step but the "
                       "transfer statistics restart and the anchors are the current prior's", stacklevel=2)
-        self.srft._engine.step = state.global_step
+        self.srft.step = state.global_step
 
 
 def save_model_config(model: Any, folder: str) -> None:

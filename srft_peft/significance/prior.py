@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -137,6 +138,51 @@ class PriorSignificance:
         """Flat ``{"<param>.<U|V|omega|fisher>": tensor}`` for safetensors."""
         return {f"{name}.{key}": t.contiguous() for name, e in self.entries.items() for key, t in e.tensors().items()}
 
+    def to_state(self) -> dict[str, Any]:
+        """The prior as nested dicts of tensors, numbers and strings (``torch.load(weights_only=True)`` reads it back);
+        the one serialization of a prior, read by :meth:`from_state`.
+
+        Example:
+            >>> prior = PriorSignificance({"b": DiagonalSignificance("b", torch.ones(2))}, normalizer=2.0)
+            >>> PriorSignificance.from_state(prior.to_state()).normalizer
+            2.0
+        """
+        entries: dict[str, dict[str, Any]] = {}
+        for name, e in self.entries.items():
+            if isinstance(e, KFACSignificance):
+                entries[name] = {"kind": "kfac", "U": e.U, "V": e.V, "omega": e.omega,
+                                 "retained_energy": float(e.retained_energy)}
+            else:
+                entries[name] = {"kind": "diagonal", "fisher": e.fisher, "source": e.source}
+        return {"entries": entries, "normalizer": float(self.normalizer), "num_examples": int(self.num_examples),
+                "num_batches": int(self.num_batches), "objective": self.objective, "normalized": bool(self.normalized)}
+
+    @classmethod
+    def from_state(cls, state: Any, where: str = "prior state") -> PriorSignificance:
+        """The inverse of :meth:`to_state`, validated first: a missing key, a value of the wrong type, a tensor of the
+        wrong rank or shape, a non-finite or negative curvature raises ``ValueError`` (``TypeError`` for a state that
+        is not a dict) naming ``where``, the key and the value. The tensors are used as they are (not copied)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"{where}: expected a dict from PriorSignificance.to_state(), got {type(state).__name__}")
+        missing = next((k for k in STATE_KEYS if k not in state), None)
+        if missing is not None:
+            raise ValueError(f"{where}: key {missing!r} is missing (keys: {sorted(map(str, state))})")
+        entries, c = state["entries"], state["normalizer"]
+        if not isinstance(entries, dict):
+            raise ValueError(f"{where}: 'entries' must be a dict of per-parameter records, got {type(entries).__name__}")
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
+            raise ValueError(f"{where}: 'normalizer' must be a finite positive number, got {c!r}")
+        for key in ("num_examples", "num_batches"):
+            if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+                raise ValueError(f"{where}: {key!r} must be a non-negative integer, got {state[key]!r}")
+        if not isinstance(state["objective"], str) or not isinstance(state["normalized"], bool):
+            bad = "objective" if not isinstance(state["objective"], str) else "normalized"
+            raise ValueError(f"{where}: {bad!r} must be a {'string' if bad == 'objective' else 'bool'}, "
+                             f"got {state[bad]!r}")
+        return cls({name: _entry_from_state(name, e, where) for name, e in entries.items()}, normalizer=float(c),
+                   num_examples=state["num_examples"], num_batches=state["num_batches"], objective=state["objective"],
+                   normalized=state["normalized"])
+
     def summary_rows(self) -> list[dict]:
         """One row per parameter: kind, rank, retained energy, mean/max significance, parameters covered."""
         rows = []
@@ -151,3 +197,46 @@ class PriorSignificance:
                 rows.append(dict(name=name, kind="diagonal", rank="-", retained_energy=1.0, mean=float(values.mean()),
                                  max=float(values.max()), parameters=values.numel(), source=e.source))
         return rows
+
+
+#: Keys of :meth:`PriorSignificance.to_state`.
+STATE_KEYS = ("entries", "normalizer", "num_examples", "num_batches", "objective", "normalized")
+#: Where a diagonal significance comes from: per-example or per-batch squared gradients, or a uniform (L2-SP) prior.
+DIAGONAL_SOURCES = ("per_example", "per_batch", "uniform")
+#: Fields of a K-FAC / diagonal entry besides its tensors.
+ENTRY_FIELDS = {"kfac": ("U", "V", "omega", "retained_energy"), "diagonal": ("fisher", "source")}
+
+
+def _entry_from_state(name: Any, e: Any, where: str) -> KFACSignificance | DiagonalSignificance:
+    """One validated entry of :meth:`PriorSignificance.from_state`."""
+    if not isinstance(name, str):
+        raise ValueError(f"{where}: parameter names must be strings, got {name!r}")
+    kind = e.get("kind") if isinstance(e, dict) else None
+    if kind not in ENTRY_FIELDS:
+        raise ValueError(f"{where}: entry of parameter {name!r} needs kind 'kfac' or 'diagonal', got {e!r:.200}")
+    missing = next((k for k in ENTRY_FIELDS[kind] if k not in e), None)
+    if missing is not None:
+        raise ValueError(f"{where}: {kind} entry of parameter {name!r} has no {missing!r}")
+    tensors = {k: e[k] for k in ENTRY_FIELDS[kind][:-1]}
+    for key, t in tensors.items():
+        label = f"{where}: tensor {f'{name}.{key}'!r} of parameter {name!r}"
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{label} must be a tensor, got {type(t).__name__}")
+        if kind == "kfac" and t.dim() != 2:
+            raise ValueError(f"{label} must be a matrix, got shape {tuple(t.shape)}")
+        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{label} must be finite floating point (dtype {t.dtype})")
+        if key in ("omega", "fisher") and bool((t < 0).any()):
+            raise ValueError(f"{label} must be non-negative (a curvature), its minimum is {float(t.min()):.6g}")
+    if kind == "diagonal":
+        if e["source"] not in DIAGONAL_SOURCES:
+            raise ValueError(f"{where}: 'source' of parameter {name!r} must be one of {DIAGONAL_SOURCES}, got "
+                             f"{e['source']!r}")
+        return DiagonalSignificance(name, e["fisher"], e["source"])
+    U, V, omega, energy = e["U"], e["V"], e["omega"], e["retained_energy"]
+    if tuple(omega.shape) != (U.shape[1], V.shape[1]):
+        raise ValueError(f"{where}: tensor {f'{name}.omega'!r} of parameter {name!r} has shape {tuple(omega.shape)}, "
+                         f"U and V need {(U.shape[1], V.shape[1])}")
+    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 <= energy <= 1.0:
+        raise ValueError(f"{where}: 'retained_energy' of parameter {name!r} must be in [0, 1], got {energy!r}")
+    return KFACSignificance(name, U, V, omega, float(energy))

@@ -13,7 +13,6 @@ from _integ_common import train_accelerate as train
 from accelerate import Accelerator
 
 from srft_peft import get_srft_model
-from srft_peft.integrations.accelerate import prior_to_state
 from srft_peft.regularizer.prior_term import PriorTerm
 
 STEPS, GLOBAL_BATCH = 6, 8
@@ -28,7 +27,7 @@ def main(out: str) -> None:
     # (5) the prior from two shards (the sums are all-reduced once inside estimate_prior)
     srft = make_hf_srft(estimate=False)
     prior = srft.estimate_prior(shard, progress=False)
-    torch.save(prior_to_state(prior), f"{out}/prior_rank{rank}.pt")
+    torch.save(prior.to_state(), f"{out}/prior_rank{rank}.pt")
 
     # (1) DDP training in both apply modes: each rank half of every global batch
     for apply in ("grad", "loss"):
@@ -39,15 +38,16 @@ def main(out: str) -> None:
         torch.save({"params": flat_params(srft), **engine_state(srft)}, f"{out}/{apply}_rank{rank}.pt")
 
     # SRFT state is not a module buffer: DDP (broadcast_buffers=True) must leave a rank-local change alone
-    engine = srft._engine
-    state_ptrs = {t.data_ptr() for t in [engine.v_flat, *engine.prior_term.state_tensors().values()]}
-    buffer_ptrs = {b.data_ptr() for b in model.module.buffers()}
+    srft_buffers = len(list(model.module.buffers())) - len(list(model.module.base_model.buffers()))
     keys_ok = list(model.module.state_dict()) == list(model.module.base_model.state_dict())  # the model only
     marker = float(rank + 1)
-    engine.v_flat[0] = marker
+    state = srft.srft_state_dict()
+    state["tensors"]["transfer.v"][0] = marker
+    srft.load_srft_state_dict(state)
     model(**calibration_batches(1)[0])  # a DDP forward: broadcasts rank 0's buffers to rank 1
-    torch.save({"shared_with_buffers": len(state_ptrs & buffer_ptrs), "state_dict_keys_ok": keys_ok,
-                "marker_kept": float(engine.v_flat[0]) == marker, "broadcast_buffers": model.broadcast_buffers},
+    kept = float(srft.srft_state_dict()["tensors"]["transfer.v"][0]) == marker
+    torch.save({"srft_buffers": srft_buffers, "state_dict_keys_ok": keys_ok,
+                "marker_kept": kept, "broadcast_buffers": model.broadcast_buffers},
                f"{out}/buffers_rank{rank}.pt")
 
     # prepare_srft makes the state identical: here the ranks start from different weights (rank-dependent seed), so
@@ -56,7 +56,8 @@ def main(out: str) -> None:
     srft.estimate_prior(shard, progress=False)
     before = engine_state(srft)
     train(accelerator, srft, STEPS, GLOBAL_BATCH, micro=GLOBAL_BATCH // world, stop_after=0)
-    fresh = PriorTerm(srft._engine.params, srft._engine.names, srft._engine.prior).state_tensors()
+    fresh = PriorTerm([t.param for t in srft.regularized_targets], srft.regularized_parameters,
+                      srft.prior).state_tensors()
     torch.save({"before": before, "after": engine_state(srft), "fresh": fresh, "params": flat_params(srft)},
                f"{out}/sync_rank{rank}.pt")
 

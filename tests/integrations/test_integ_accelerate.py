@@ -20,7 +20,8 @@ from _integ_common import (
 )
 from _integ_common import train_accelerate as train
 
-from srft_peft.integrations.accelerate import SRFTState, prior_from_state, prior_to_state
+from srft_peft.integrations.accelerate import prepare_srft
+from srft_peft.significance.prior import PriorSignificance
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS = 6
@@ -78,7 +79,7 @@ def test_ddp_does_not_broadcast_srft_state(two_processes):
     for r in range(2):
         result = torch.load(f"{two_processes}/buffers_rank{r}.pt", weights_only=True)
         assert result["broadcast_buffers"]
-        assert result["shared_with_buffers"] == 0
+        assert result["srft_buffers"] == 0  # SRFT registers no module buffers
         assert result["state_dict_keys_ok"]
         assert result["marker_kept"], f"rank {r}: DDP overwrote SRFT state"
 
@@ -108,11 +109,11 @@ def test_prior_two_processes_equals_one_process(two_processes):
 
     ranks = [_load(f"{two_processes}/prior_rank{r}.pt") for r in range(2)]
     srft = make_hf_srft(estimate=False)
-    one = prior_to_state(srft.estimate_prior(calibration_batches(), progress=False))
+    one = srft.estimate_prior(calibration_batches(), progress=False).to_state()
     assert one["num_examples"] == ranks[0]["num_examples"] == 16 and one["num_batches"] == 4
     # a shard alone is a different estimate: the comparison below can fail
-    half = prior_to_state(get_srft_model(srft.base_model, srft.srft_config).estimate_prior(
-        calibration_batches()[0::2], progress=False))
+    half = get_srft_model(srft.base_model, srft.srft_config).estimate_prior(
+        calibration_batches()[0::2], progress=False).to_state()
     assert any(not torch.allclose(h["omega"], o["omega"], rtol=1e-3) for h, o in
                zip(half["entries"].values(), one["entries"].values()) if h["kind"] == "kfac")
     g = torch.Generator().manual_seed(0)
@@ -127,7 +128,7 @@ def test_prior_two_processes_equals_one_process(two_processes):
                 torch.testing.assert_close(_tangent_operator(got, D), _tangent_operator(e, D), rtol=1e-4, atol=1e-6)
             else:
                 torch.testing.assert_close(got["fisher"], e["fisher"], rtol=1e-4, atol=1e-8)
-    rebuilt = prior_from_state(ranks[0])
+    rebuilt = PriorSignificance.from_state(ranks[0])
     assert all(isinstance(rebuilt.entries[n], KFACSignificance) == (e["kind"] == "kfac") for n, e in one["entries"].items())
 
 
@@ -165,7 +166,7 @@ def test_both_apply_modes_same_update_under_accumulation(accelerate_state):
 def _perturb(srft, scale: float = 1e-3) -> None:
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        for p in srft._engine.params:
+        for p in (t.param for t in srft.regularized_targets):
             p.add_(scale * torch.randn(p.shape, generator=g))
 
 
@@ -175,7 +176,7 @@ def test_bf16_autocast_penalty_is_computed_in_fp32(accelerate_state):
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
     srft = make_hf_srft("loss", initializer_range=0.5)  # pretrained-like weight scale, small fine-tuning delta
     _perturb(srft)
-    params = srft._engine.params
+    params = [t.param for t in srft.regularized_targets]
     reference = srft.prior_penalty()
     ref_grads = torch.autograd.grad(reference, params)
     with accelerator.autocast():
@@ -334,8 +335,10 @@ def test_attach_with_accelerator_registers_state_once(accelerate_state, tmp_path
     model, optimizer = accelerator.prepare(srft, optimizer)
     srft.attach(optimizer, accelerator=accelerator)
     srft.attach(optimizer, accelerator=accelerator)  # idempotent: one registration
-    assert sum(isinstance(o, SRFTState) for o in accelerator._custom_objects) == 1
-    assert srft._engine.attached and srft._engine.optimizer is optimizer.optimizer
+    assert prepare_srft(accelerator, model, optimizer) is srft  # the same model again: still one
+    accelerator.save_state(str(tmp_path / "state"))
+    assert sorted(p.name for p in (tmp_path / "state").glob("custom_checkpoint_*")) == ["custom_checkpoint_0.pkl"]
+    assert srft.attached
     loss = model(**examples(0, range(4))).loss
     accelerator.backward(loss)
     optimizer.step()

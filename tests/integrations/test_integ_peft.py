@@ -8,10 +8,9 @@ import warnings
 import pytest
 import torch
 from _integ_common import calibration_batches, examples, flat_params, srft_config, tiny_hf_vit
+from engine_helpers import engine_copy
 
 from srft_peft import SRFTConfig, get_srft_model
-from srft_peft.integrations.accelerate import SRFTState
-from srft_peft.integrations.peft import get_srft_model as peft_get_srft_model
 from srft_peft.integrations.peft import lora_adapters
 from srft_peft.regularizer.lora_term import CombinedPriorTerm
 from srft_peft.regularizer.prior_term import PriorTerm
@@ -37,7 +36,7 @@ def _randomize_adapters(model, std: float = 0.2, seed: int = 0) -> None:
 
 def test_lora_factors_become_pairs_sharing_the_base_prior():
     srft = get_srft_model(_lora(), srft_config())
-    targets = srft._engine.targets
+    targets = srft.regularized_targets
     assert {t.kind for t in targets} == {"lora_A", "lora_B"}
     assert len(targets) == 2 * 3 * 2  # 2 blocks x 3 layers x (A, B)
     adapters = lora_adapters(srft)
@@ -91,7 +90,7 @@ def _materialised_penalty(srft, start: dict, params: dict) -> torch.Tensor:
 
 def test_lora_penalty_and_fused_gradient_match_autograd_on_the_materialised_update():
     srft, start = _prepared()
-    engine = srft._engine
+    engine = engine_copy(srft)
     assert isinstance(engine.prior_term, CombinedPriorTerm)
     names = engine.names
     leaves = {n: p.detach().clone().requires_grad_(True) for n, p in zip(names, engine.params)}
@@ -131,13 +130,13 @@ def test_non_lora_parameters_keep_the_plain_prior_term():
     # a model without adapters: the engine's term is exactly PriorTerm, as before
     plain = get_srft_model(tiny_hf_vit(), srft_config())
     plain.estimate_prior(calibration_batches(), progress=False)
-    assert type(plain._engine.prior_term) is PriorTerm
+    assert type(engine_copy(plain).prior_term) is PriorTerm
     # LoRA plus an ordinary trainable module (modules_to_save): the ordinary parameters' slice of the combined
     # gradient equals a stand-alone PriorTerm's on those parameters
     model = _lora(modules_to_save=["layernorm"])
     srft = get_srft_model(model, srft_config())
     srft.estimate_prior(calibration_batches(), progress=False)
-    engine = srft._engine
+    engine = engine_copy(srft)
     kinds = {t.kind for t in engine.targets}
     assert kinds == {"lora_A", "lora_B", "diagonal"}
     _randomize_adapters(model, seed=3)
@@ -183,11 +182,11 @@ def test_lora_training_same_update_in_both_apply_modes_and_regularized():
 
 def test_lora_state_roundtrip():
     srft, _ = _prepared()
-    state = SRFTState(srft).state_dict()
+    state = srft.training_state()
     assert any(k.startswith("anchor.lora") for k in state["engine"]["tensors"])
     other, _ = _prepared(nonzero_start=False)
     assert not torch.allclose(other.prior_penalty(), srft.prior_penalty())
-    SRFTState(other).load_state_dict(state)
+    other.load_training_state(state)
     torch.testing.assert_close(other.prior_penalty(), srft.prior_penalty())
 
 
@@ -195,10 +194,10 @@ def test_lora_variants_fall_back_with_a_warning():
     model = _lora(use_dora=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        srft = peft_get_srft_model(model, SRFTConfig(prior_rank=4, total_steps=4))
+        srft = get_srft_model(model, SRFTConfig(prior_rank=4, total_steps=4))
     assert not lora_adapters(srft)
     assert any("ordinary parameters" in str(w.message) for w in caught)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        peft_get_srft_model(_lora(), SRFTConfig(prior_rank=4, total_steps=4))  # plain LoRA: no warning
+        get_srft_model(_lora(), SRFTConfig(prior_rank=4, total_steps=4))  # plain LoRA: no warning
     assert not any("SRFT" in str(w.message) for w in caught)

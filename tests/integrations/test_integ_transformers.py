@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import pickle
@@ -11,6 +12,7 @@ import types
 import pytest
 import torch
 from _integ_common import calibration_batches, examples, flat_params, make_hf_srft, tiny_hf_vit
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from srft_peft import SRFTModel
 from srft_peft.integrations.transformers import SRFT_STATE_NAME, SRFTCallback
@@ -40,16 +42,15 @@ def _trainer(model, args, callbacks=(), **kwargs):
     return transformers.Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=list(callbacks), **kwargs)
 
 
-def _count_steps(srft: SRFTModel) -> list:
+@contextlib.contextmanager
+def counting_steps():
+    """The optimizers whose ``step()`` runs inside the block (torch's global step pre-hook)."""
     calls: list = []
-    original = srft._engine._before_step
-
-    def counting(optimizer, args, kwargs):
-        calls.append(optimizer)
-        return original(optimizer, args, kwargs)
-
-    srft._engine._before_step = counting
-    return calls
+    handle = register_optimizer_step_pre_hook(lambda optimizer, *_: calls.append(optimizer))
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 def test_trainer_sees_the_wrapped_models_signature(accelerate_state, tmp_path):
@@ -74,13 +75,13 @@ def test_trainer_sees_the_wrapped_models_signature(accelerate_state, tmp_path):
 
 def test_trainer_default_columns_train_and_evaluate(accelerate_state, tmp_path):
     srft = make_hf_srft("loss", total_steps=STEPS)
-    calls = _count_steps(srft)
     trainer = _trainer(srft, _args(tmp_path, batch=4, accumulation=2), callbacks=[SRFTCallback(srft)],
                        eval_dataset=_dataset(16))
-    trainer.train()  # remove_unused_columns=True (default): pixel_values and labels must survive
+    with counting_steps() as calls:
+        trainer.train()  # remove_unused_columns=True (default): pixel_values and labels must survive
     assert trainer.state.global_step == STEPS
     assert srft.step == len(calls) == STEPS  # once per optimizer step, not per micro-batch
-    assert not srft._engine.attached  # detached at on_train_end
+    assert not srft.attached  # detached at on_train_end
     metrics = trainer.evaluate()
     assert "eval_loss" in metrics and metrics["eval_loss"] > 0
 
@@ -93,10 +94,10 @@ def _train(tmp_path, apply: str | None, accumulation: int = 1, lambda_prior: flo
         trainer.train()
         return model, None
     srft = make_hf_srft(apply, total_steps=STEPS, lambda_prior=lambda_prior)
-    calls = _count_steps(srft)
     trainer = _trainer(srft, _args(tmp_path, batch=8 // accumulation, accumulation=accumulation),
                        callbacks=[SRFTCallback(srft)])
-    trainer.train()
+    with counting_steps() as calls:
+        trainer.train()
     assert srft.step == len(calls) == trainer.state.global_step == STEPS
     return srft, srft
 

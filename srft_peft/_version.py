@@ -1,0 +1,3 @@
+"""The version of srft-peft (its own module, so that any module can read it without importing the package)."""
+
+__version__ = "0.1.0"
