@@ -210,7 +210,7 @@ def _attach_prior(run: _Run, srft: SRFTModel, resume: tuple[Path, int] | None) -
 
 def _optimizer(cfg: FinetuneConfig, trainable: list[nn.Parameter], srft: SRFTModel | None) -> torch.optim.Optimizer:
     """AdamW, no weight decay on the parameters SRFT regularizes (it would pull them toward 0, not theta0)."""
-    regularized = {id(p) for p in srft._engine.params} if srft is not None else set()
+    regularized = {id(t.param) for t in srft.regularized_targets} if srft is not None else set()
     groups = [{"params": [p for p in trainable if id(p) in regularized], "weight_decay": 0.0},
               {"params": [p for p in trainable if id(p) not in regularized], "weight_decay": cfg.weight_decay}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)

@@ -102,8 +102,8 @@ def method_srft_config(method: str, total_steps: int, overrides: dict[str, Any] 
 
 def uniform_prior(srft: SRFTModel) -> PriorSignificance:
     """L2-SP's prior: a diagonal "Fisher" of ones for every regularized parameter (R = 1/2 ||theta - theta0||^2)."""
-    entries = {name: DiagonalSignificance(name, torch.ones_like(p, dtype=torch.float32), source="uniform")
-               for name, p in zip(srft.regularized_parameters, srft._engine.params)}
+    entries = {t.name: DiagonalSignificance(t.name, torch.ones_like(t.param, dtype=torch.float32), source="uniform")
+               for t in srft.regularized_targets}
     return PriorSignificance(entries, normalizer=1.0, objective="uniform (L2-SP)", normalized=True)
 
 
