@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Optional
@@ -87,7 +88,7 @@ def top_eigenpairs(matrix: torch.Tensor, rank: Optional[int], energy: Optional[f
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"factor {name!r} must be a square matrix, got shape {tuple(matrix.shape)}")
     M = matrix.double()
-    if not bool(torch.isfinite(M).all()):
+    if not math.isfinite(float(M.sum())):  # one reduction: NaN / inf anywhere makes the sum non-finite
         raise ValueError(f"factor {name!r} has non-finite entries (NaN or inf in the calibration statistics)")
     n = M.shape[0]
     trace = float(M.diagonal().sum())
@@ -95,8 +96,10 @@ def top_eigenpairs(matrix: torch.Tensor, rank: Optional[int], energy: Optional[f
     k = want if energy is None else min(want, START_K)
     if solver != "eigh" and trace > 0:
         generator = torch.Generator().manual_seed(zlib.crc32(f"{name}|{n}".encode()))
+        M32: Optional[torch.Tensor] = None
         while solver == "subspace" or (n > EIGH_MAX_N and _block(k) <= n // 4):
-            found = _subspace_iteration(M, k, min(_block(k), n), tol, generator)
+            M32 = M.float() if M32 is None else M32
+            found = _subspace_iteration(M, M32, k, min(_block(k), n), tol, generator)
             if found is None:
                 break
             values, vectors = found
@@ -115,15 +118,15 @@ def _block(k: int) -> int:
     return k + max(k, MIN_BLOCK)
 
 
-def _subspace_iteration(M: torch.Tensor, k: int, block: int, tol: float,
+def _subspace_iteration(M: torch.Tensor, M32: torch.Tensor, k: int, block: int, tol: float,
                         generator: torch.Generator) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """The top ``k`` eigenpairs (values, vectors; float64) of float64 ``M`` with residuals <= ``tol`` * theta_1, or
-    None when they have not converged within the budget (a fraction of an eigh's cost)."""
+    """The top ``k`` eigenpairs (values, vectors; float64) of float64 ``M`` (``M32``: its float32 copy) with residuals
+    <= ``tol`` * theta_1, or None when they have not converged within the budget (about an eigh's cost)."""
     n = M.shape[0]
     budget = max(20, (2 * n) // block)
     start = torch.randn(n, block, generator=generator, dtype=torch.float64).to(M.device)
     Q = torch.linalg.qr(start.float()).Q
-    used, Q, _ = _iterate(M.float(), Q, k, tol, budget)  # float32 phase: a starting block only
+    used, Q, _ = _iterate(M32, Q, k, tol, budget)  # float32 phase: a starting block only
     _, _, pairs = _iterate(M, torch.linalg.qr(Q.double()).Q, k, tol, max(budget - used, 1))
     return pairs
 
