@@ -174,23 +174,29 @@ def compare_eigh(model: torch.nn.Module, targets: list, batches: list[torch.Tens
     return time.perf_counter() - t0
 
 
-def measure_strides(embed: int, depth: int, n: int, args: argparse.Namespace) -> list[dict[str, float]]:
-    """One row per ``--token-strides`` value; the overlap column compares each with the exact (stride 1) prior."""
+def measure_strides(embed: int, depth: int, n: int, args: argparse.Namespace) -> None:
+    """Print one row per ``--token-strides`` value as it is measured; the overlap column compares each with the exact
+    (stride 1) prior."""
     exact = measure(embed, depth, n, args)
-    return [exact] + [measure(embed, depth, n, args, s, exact["entries"]) for s in args.token_strides if s != 1]
+    print_row(exact)
+    for s in args.token_strides:
+        if s != 1:
+            print_row(measure(embed, depth, n, args, s, exact["entries"]))
 
 
-def print_table(title: str, rows: list[dict[str, float]]) -> None:
+def print_header(title: str) -> None:
     print(f"\n{title}")
     print(f"{'embed':>6}{'depth':>6}{'params M':>9}{'N':>4}{'stride':>7}{'overlap':>8}{'plain ms':>10}"
           f"{'prior ms':>10}{'accum ms':>10}{'eig ms':>9}{'eigh ms':>9}{'collect x':>10}{'x plain':>8}{'eig share':>10}"
-          f"{'factors MB':>11}{'x W':>6}{'kept MB':>9}")
-    for r in rows:
-        print(f"{r['embed']:>6}{r['depth']:>6}{r['params'] / 1e6:>9.2f}{r['n']:>4}{r['stride']:>7}{r['overlap']:>8.3f}"
-              f"{1000 * r['plain']:>10.0f}{1000 * r['prior']:>10.0f}{1000 * r['accum']:>10.0f}{1000 * r['eig']:>9.0f}"
-              f"{1000 * r['eigh']:>9.0f}{(r['prior'] - r['eig']) / r['plain']:>10.2f}{r['prior'] / r['plain']:>8.2f}"
-              f"{r['eig'] / r['prior']:>10.1%}"
-              f"{r['factors'] / 2**20:>11.1f}{r['factors'] / r['weights']:>6.1f}{r['kept'] / 2**20:>9.2f}", flush=True)
+          f"{'factors MB':>11}{'x W':>6}{'kept MB':>9}", flush=True)
+
+
+def print_row(r: dict[str, float]) -> None:
+    print(f"{r['embed']:>6}{r['depth']:>6}{r['params'] / 1e6:>9.2f}{r['n']:>4}{r['stride']:>7}{r['overlap']:>8.3f}"
+          f"{1000 * r['plain']:>10.0f}{1000 * r['prior']:>10.0f}{1000 * r['accum']:>10.0f}{1000 * r['eig']:>9.0f}"
+          f"{1000 * r['eigh']:>9.0f}{(r['prior'] - r['eig']) / r['plain']:>10.2f}{r['prior'] / r['plain']:>8.2f}"
+          f"{r['eig'] / r['prior']:>10.1%}"
+          f"{r['factors'] / 2**20:>11.1f}{r['factors'] / r['weights']:>6.1f}{r['kept'] / 2**20:>9.2f}", flush=True)
 
 
 def main() -> None:
@@ -222,14 +228,13 @@ def main() -> None:
           f"prior_rank {args.rank}, "
           f"{args.repeats} repeats (medians)")
     if args.widths:
-        rows = []
+        print_header(f"width sweep (depth {args.depth}, N = {args.n_width} batches)")
         for embed in args.widths:
-            rows += measure_strides(embed, args.depth, args.n_width, args)
-        print_table(f"width sweep (depth {args.depth}, N = {args.n_width} batches)", rows)
+            measure_strides(embed, args.depth, args.n_width, args)
     if args.ns:
-        rows = [row for n in args.ns for row in measure_strides(args.n_sweep_width, args.depth, n, args)]
-        print_table(f"N sweep (embed {args.n_sweep_width}, depth {args.depth})", rows)
-
+        print_header(f"N sweep (embed {args.n_sweep_width}, depth {args.depth})")
+        for n in args.ns:
+            measure_strides(args.n_sweep_width, args.depth, n, args)
 
 if __name__ == "__main__":
     main()
