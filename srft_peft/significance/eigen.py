@@ -98,7 +98,7 @@ def top_eigenpairs(matrix: torch.Tensor, rank: Optional[int], energy: Optional[f
         generator = torch.Generator().manual_seed(zlib.crc32(f"{name}|{n}".encode()))
         M32: Optional[torch.Tensor] = None
         while solver == "subspace" or (n > EIGH_MAX_N and _block(k) <= n // 4):
-            M32 = M.float() if M32 is None else M32
+            M32 = (matrix if matrix.dtype == torch.float32 else M.float()) if M32 is None else M32
             found = _subspace_iteration(M, M32, k, min(_block(k), n), tol, generator)
             if found is None:
                 break
