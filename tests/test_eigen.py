@@ -60,6 +60,11 @@ def test_subspace_matches_eigh_on_a_decaying_spectrum():
     assert top.trace == pytest.approx(float(values.sum()), rel=1e-12)
     residual = (M @ top.vectors - top.vectors * top.values).norm(dim=0)
     assert float(residual.max()) <= DEFAULT_TOL * float(top.values[0])
+    # float32 factors (factor_dtype="float32"): float64 results, accurate to the float32 factor
+    top32 = top_eigenpairs(M.float(), rank=32, energy=None, name="w.S")
+    assert top32.solver == "subspace" and top32.values.dtype == torch.float64
+    assert float((top32.values - ev[:32]).abs().max()) <= 1e-6 * float(ev[0])
+    assert captured(vectors[:, :32], top32.vectors) > 1 - 1e-6
 
 
 def test_subspace_matches_eigh_on_factors_of_a_timm_vit_on_structured_images():
