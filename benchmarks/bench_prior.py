@@ -1,28 +1,35 @@
 """Cost of estimating the prior significance (K-FAC), against the same number of plain forward+backward passes.
 
-For a timm ViT of a given width (embed dim, MLP ratio 4, heads = embed / 64) and small depth, and N calibration batches
-of random images, with the label-free objective 1/2 ||f(x)||^2 that ``estimate_prior`` uses without labels:
+For a timm ViT of a given width (embed dim, MLP ratio 4, heads = embed / 64) and depth, and N calibration batches of
+random images, with the label-free objective 1/2 ||f(x)||^2 that ``estimate_prior`` uses without labels:
 
     plain ms     N plain passes: forward, objective, ``backward()`` into the parameters' ``.grad`` (eval mode, as in
                  calibration)
-    collect ms   ``collect_statistics`` over the same N batches (forward hooks, one ``autograd.grad`` to the layer outputs,
-                 K-FAC factor sums, per-example diagonal Fisher of biases/norms, per-batch Fisher of the rest)
-    accum ms     the part of ``collect`` spent adding a^T a and g^T g into the factors (``_Accumulator.add``)
-    eig ms       ``KFACSignificance.from_factors`` for every matrix (two ``torch.linalg.eigh`` in float64 + truncation),
-                 timed separately; it does not depend on N
-    x plain      collect / plain (target <= 1.3) and (collect + eig) / plain
-    eig share    eig / (collect + eig)
+    prior ms     ``estimate_prior_significance`` END TO END over the same N batches: the calibration passes (forward
+                 hooks, one ``autograd.grad`` to the layer outputs, K-FAC factor sums, per-example diagonal Fisher of
+                 biases/norms, per-batch Fisher of the rest), the eigenpairs of every factor and the normalization
+    accum ms     the part of ``prior`` spent adding a^T a and g^T g into the factors (``_Accumulator.add``)
+    eig ms       the part of ``prior`` spent in ``KFACSignificance.from_factors`` (the kept eigenpairs of A and S, with
+                 ``--eigen-solver``; it does not depend on N)
+    eigh ms      with ``--compare-eigh``: the same ``from_factors`` calls with the full float64 ``eigh``
+    x plain      prior / plain, the end-to-end ratio (target <= 1.3 at N = 8, <= 2 at N = 2); ``collect x`` =
+                 (prior - eig) / plain, the calibration passes alone
+    eig share    eig / prior
     factors MB   bytes of all A and S factors (``--factor-dtype``, float64 by default) and their multiple of the weights'
     kept MB      bytes of the kept significance (U, V, omega per matrix, Fisher per other tensor, float32)
     stride       ``factor_token_stride`` (``--token-strides``): factors accumulated over every k-th token
     overlap      for stride > 1: mean over matrices of ||U_1^T U_k||_F^2 / k for both factors, against stride 1's
                  retained eigenvectors (1 = the same directions)
 
-Measurements of plain and collect alternate (``--repeats`` times, medians) so that machine noise hits both alike. eigh is
-sensitive to the thread count and to other load on the machine; the header prints the thread count.
+Measurements of plain and prior alternate (``--repeats`` times, medians) so that machine noise hits both alike. The
+eigendecompositions are sensitive to the thread count and to other load on the machine; the header prints the thread
+count.
 
     # width sweep (embed 192/384/768, depth 2) and N sweep (embed 384), 224 px, batch 8, one thread
     OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1
+    # the issue's target: a 12-block width-768 ViT (ViT-B) at N = 2 and N = 8
+    OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1 --widths --depth 12 --n-sweep-width 768 --ns 2 8 \
+        --repeats 1
     # quick validation
     OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1 --img-size 64 --widths 192 384 --ns 1 2 --repeats 1
     # GPU
@@ -72,27 +79,30 @@ def plain_passes(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
     model.zero_grad(set_to_none=True)
 
 
-class AccumulatorTimer:
-    """Times ``_Accumulator.add`` (the K-FAC factor sums) while installed; bench-only instrumentation."""
+class Timer:
+    """Adds up the time spent in ``owner.attr`` (a function or classmethod) while installed; bench-only instrumentation."""
 
-    def __init__(self, device: str) -> None:
-        self.device, self.total, self._orig = device, 0.0, estimation._Accumulator.add
+    def __init__(self, owner: type, attr: str, device: str) -> None:
+        self.owner, self.attr, self.device, self.total = owner, attr, device, 0.0
+        self._descriptor = owner.__dict__[attr]
 
-    def __enter__(self) -> AccumulatorTimer:
-        orig, timer = self._orig, self
+    def __enter__(self) -> Timer:
+        orig, timer = getattr(self.owner, self.attr), self
 
-        def add(acc, *args):
+        def timed(*args, **kwargs):
             sync(timer.device)
             t0 = time.perf_counter()
-            orig(acc, *args)
+            out = orig(*args, **kwargs)
             sync(timer.device)
             timer.total += time.perf_counter() - t0
+            return out
 
-        estimation._Accumulator.add = add
+        is_classmethod = isinstance(self._descriptor, classmethod)
+        setattr(self.owner, self.attr, staticmethod(timed) if is_classmethod else timed)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        estimation._Accumulator.add = self._orig
+        setattr(self.owner, self.attr, self._descriptor)
 
 
 def subspace_overlap(kept: list[KFACSignificance], exact: list[KFACSignificance]) -> float:
@@ -108,12 +118,13 @@ def subspace_overlap(kept: list[KFACSignificance], exact: list[KFACSignificance]
 def measure(embed: int, depth: int, n: int, args: argparse.Namespace, stride: int = 1,
             exact: list[KFACSignificance] | None = None) -> dict[str, float]:
     model = make_model(embed, depth, args)
-    config = SRFTConfig(prior_rank=args.rank, factor_dtype=args.factor_dtype, factor_token_stride=stride)
+    config = SRFTConfig(prior_rank=args.rank, factor_dtype=args.factor_dtype, factor_token_stride=stride,
+                        eigen_solver=args.eigen_solver)
     targets = select_targets(model, None, None, config.prior_estimator)
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(args.batch, 3, args.img_size, args.img_size, generator=g).to(args.device) for _ in range(n)]
     plain_passes(model, batches[:1])  # warm-up (allocator, kernels)
-    plain, collect, accum, eig = [], [], [], []
+    plain, total, accum, eig = [], [], [], []
     for _ in range(args.repeats):
         sync(args.device)
         t0 = time.perf_counter()
@@ -121,51 +132,71 @@ def measure(embed: int, depth: int, n: int, args: argparse.Namespace, stride: in
         sync(args.device)
         plain.append(time.perf_counter() - t0)
 
-        with AccumulatorTimer(args.device) as timer:
+        with Timer(estimation._Accumulator, "add", args.device) as add_timer, \
+                Timer(KFACSignificance, "from_factors", args.device) as eig_timer:
             t0 = time.perf_counter()
-            stats = estimation.collect_statistics(model, targets, batches, config, progress=False)
+            prior = estimation.estimate_prior_significance(model, targets, batches, config, progress=False)
             sync(args.device)
-            collect.append(time.perf_counter() - t0)
-        accum.append(timer.total)
-
-        t0 = time.perf_counter()
-        kept = [KFACSignificance.from_factors(name, A, S, config.prior_rank, config.prior_energy, config.damping)
-                for name, (A, S) in stats.factors.items()]
-        sync(args.device)
-        eig.append(time.perf_counter() - t0)
+            total.append(time.perf_counter() - t0)
+        accum.append(add_timer.total)
+        eig.append(eig_timer.total)
+    kept = [e for e in prior.entries.values() if isinstance(e, KFACSignificance)]
+    eigh = compare_eigh(model, targets, batches, config, args) if args.compare_eigh else float("nan")
 
     def nbytes(t: torch.Tensor) -> int:
         return t.numel() * t.element_size()
 
     weights = sum(nbytes(t.param) for t in targets if t.kind == "kfac")
-    factors = sum(nbytes(A) + nbytes(S) for A, S in stats.factors.values())
-    kept_bytes = sum(nbytes(e.U) + nbytes(e.V) + nbytes(e.omega) for e in kept)
-    kept_bytes += sum(nbytes(f) for f in stats.fisher.values())
+    factors = sum(factor_bytes(t, config) for t in targets if t.kind == "kfac")
+    kept_bytes = sum(nbytes(x) for x in prior.tensors().values())
     med = statistics.median
     return dict(embed=embed, depth=depth, n=n, stride=stride, params=sum(p.numel() for p in model.parameters()),
-                plain=med(plain), collect=med(collect), accum=med(accum), eig=med(eig),
+                plain=med(plain), prior=med(total), accum=med(accum), eig=med(eig), eigh=eigh,
                 factors=factors, weights=weights, kept=kept_bytes, entries=kept,
                 overlap=subspace_overlap(kept, exact) if exact is not None else 1.0)
 
 
-def measure_strides(embed: int, depth: int, n: int, args: argparse.Namespace) -> list[dict[str, float]]:
-    """One row per ``--token-strides`` value; the overlap column compares each with the exact (stride 1) prior."""
+def factor_bytes(target, config: SRFTConfig) -> int:
+    """Bytes of the (n x n) and (m x m) factors of one K-FAC target."""
+    m, n = target.matrix_shape
+    return (m * m + n * n) * torch.empty((), dtype=getattr(torch, config.factor_dtype)).element_size()
+
+
+def compare_eigh(model: torch.nn.Module, targets: list, batches: list[torch.Tensor], config: SRFTConfig,
+                 args: argparse.Namespace) -> float:
+    """Seconds of ``from_factors`` over every factor with the full float64 eigh (the previous computation)."""
+    stats = estimation.collect_statistics(model, targets, batches, config, progress=False)
+    sync(args.device)
+    t0 = time.perf_counter()
+    for name, (A, S) in stats.factors.items():
+        KFACSignificance.from_factors(name, A, S, config.prior_rank, config.prior_energy, config.damping, solver="eigh")
+    sync(args.device)
+    return time.perf_counter() - t0
+
+
+def measure_strides(embed: int, depth: int, n: int, args: argparse.Namespace) -> None:
+    """Print one row per ``--token-strides`` value as it is measured; the overlap column compares each with the exact
+    (stride 1) prior."""
     exact = measure(embed, depth, n, args)
-    return [exact] + [measure(embed, depth, n, args, s, exact["entries"]) for s in args.token_strides if s != 1]
+    print_row(exact)
+    for s in args.token_strides:
+        if s != 1:
+            print_row(measure(embed, depth, n, args, s, exact["entries"]))
 
 
-def print_table(title: str, rows: list[dict[str, float]]) -> None:
+def print_header(title: str) -> None:
     print(f"\n{title}")
     print(f"{'embed':>6}{'depth':>6}{'params M':>9}{'N':>4}{'stride':>7}{'overlap':>8}{'plain ms':>10}"
-          f"{'collect ms':>11}{'accum ms':>10}"
-          f"{'eig ms':>9}{'collect x':>10}{'+eig x':>8}{'eig share':>10}{'factors MB':>11}{'x W':>6}{'kept MB':>9}")
-    for r in rows:
-        total = r["collect"] + r["eig"]
-        print(f"{r['embed']:>6}{r['depth']:>6}{r['params'] / 1e6:>9.2f}{r['n']:>4}{r['stride']:>7}{r['overlap']:>8.3f}"
-              f"{1000 * r['plain']:>10.0f}"
-              f"{1000 * r['collect']:>11.0f}{1000 * r['accum']:>10.0f}{1000 * r['eig']:>9.0f}"
-              f"{r['collect'] / r['plain']:>10.2f}{total / r['plain']:>8.2f}{r['eig'] / total:>10.1%}"
-              f"{r['factors'] / 2**20:>11.1f}{r['factors'] / r['weights']:>6.1f}{r['kept'] / 2**20:>9.2f}", flush=True)
+          f"{'prior ms':>10}{'accum ms':>10}{'eig ms':>9}{'eigh ms':>9}{'collect x':>10}{'x plain':>8}{'eig share':>10}"
+          f"{'factors MB':>11}{'x W':>6}{'kept MB':>9}", flush=True)
+
+
+def print_row(r: dict[str, float]) -> None:
+    print(f"{r['embed']:>6}{r['depth']:>6}{r['params'] / 1e6:>9.2f}{r['n']:>4}{r['stride']:>7}{r['overlap']:>8.3f}"
+          f"{1000 * r['plain']:>10.0f}{1000 * r['prior']:>10.0f}{1000 * r['accum']:>10.0f}{1000 * r['eig']:>9.0f}"
+          f"{1000 * r['eigh']:>9.0f}{(r['prior'] - r['eig']) / r['plain']:>10.2f}{r['prior'] / r['plain']:>8.2f}"
+          f"{r['eig'] / r['prior']:>10.1%}"
+          f"{r['factors'] / 2**20:>11.1f}{r['factors'] / r['weights']:>6.1f}{r['kept'] / 2**20:>9.2f}", flush=True)
 
 
 def main() -> None:
@@ -181,6 +212,9 @@ def main() -> None:
     parser.add_argument("--factor-dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--token-strides", type=int, nargs="+", default=[1, 4],
                         help="factor_token_stride values; each row with stride > 1 is compared with stride 1")
+    parser.add_argument("--eigen-solver", choices=["auto", "eigh", "subspace"], default="auto", help="eigen_solver")
+    parser.add_argument("--compare-eigh", action="store_true",
+                        help="also time from_factors with the full eigh on the same factors (column eigh ms)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
@@ -190,17 +224,17 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"# {datetime.date.today()}  prior estimation cost: timm ViT (patch 16, MLP ratio 4) @ {args.img_size}px, "
           f"batch {args.batch}, device {args.device} ({device_name}, {os.cpu_count()} cores), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, factors {args.factor_dtype}, eigh float64, prior_rank {args.rank}, "
+          f"threads {torch.get_num_threads()}, factors {args.factor_dtype}, eigen_solver {args.eigen_solver}, "
+          f"prior_rank {args.rank}, "
           f"{args.repeats} repeats (medians)")
     if args.widths:
-        rows = []
+        print_header(f"width sweep (depth {args.depth}, N = {args.n_width} batches)")
         for embed in args.widths:
-            rows += measure_strides(embed, args.depth, args.n_width, args)
-        print_table(f"width sweep (depth {args.depth}, N = {args.n_width} batches)", rows)
+            measure_strides(embed, args.depth, args.n_width, args)
     if args.ns:
-        rows = [row for n in args.ns for row in measure_strides(args.n_sweep_width, args.depth, n, args)]
-        print_table(f"N sweep (embed {args.n_sweep_width}, depth {args.depth})", rows)
-
+        print_header(f"N sweep (embed {args.n_sweep_width}, depth {args.depth})")
+        for n in args.ns:
+            measure_strides(args.n_sweep_width, args.depth, n, args)
 
 if __name__ == "__main__":
     main()

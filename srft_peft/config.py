@@ -23,6 +23,7 @@ CALIBRATION_OBJECTIVES = ("auto", "model_loss", "output_norm")
 APPLY_MODES = ("grad", "loss")
 TRANSFER_MODES = ("value", "rank")
 RANK_MAPPINGS = ("scatter", "gather")
+EIGEN_SOLVERS = ("auto", "eigh", "subspace")
 TRANSFER_STATISTICS = ("auto", "own", "optimizer")
 FACTOR_DTYPES = ("float32", "float64")
 
@@ -112,6 +113,15 @@ class SRFTConfig:
     damping: float = field(
         default=0.0,
         metadata={"help": "Non-negative value added to every retained curvature before normalization (0 = none)."},
+    )
+    eigen_solver: str = field(
+        default="auto",
+        metadata={
+            "help": "How the kept eigenpairs of each factor are computed (in float64): 'eigh' a full "
+            "eigendecomposition; 'subspace' a seeded block subspace iteration for the kept pairs only (residuals <= "
+            "1e-5 of the largest eigenvalue; prior_energy uses the exact trace), falling back to eigh if it does not "
+            "converge; 'auto' subspace where it is cheaper (factors wider than 1024 with few pairs kept), else eigh."
+        },
     )
 
     # --- transfer significance --------------------------------------------------------------------------------------
@@ -207,6 +217,7 @@ class SRFTConfig:
     def __post_init__(self) -> None:
         self._check_choice("prior_estimator", PRIOR_ESTIMATORS)
         self._check_choice("calibration_objective", CALIBRATION_OBJECTIVES)
+        self._check_choice("eigen_solver", EIGEN_SOLVERS)
         self._check_choice("factor_dtype", FACTOR_DTYPES)
         self._check_choice("transfer_mode", TRANSFER_MODES)
         self._check_choice("transfer_statistics", TRANSFER_STATISTICS)

@@ -439,7 +439,7 @@ def estimate_prior_significance(model: nn.Module, targets: list[Target], dataloa
         if t.name in stats.factors:
             A, S = stats.factors[t.name]
             entries[t.name] = KFACSignificance.from_factors(t.name, A, S, config.prior_rank, config.prior_energy,
-                                                            config.damping)
+                                                            config.damping, solver=config.eigen_solver)
         else:
             entries[t.name] = DiagonalSignificance(t.name, stats.fisher[t.name], stats.sources[t.name])
     unused = [name for name, e in entries.items() if isinstance(e, DiagonalSignificance) and not e.fisher.any()]

@@ -19,20 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-
-def _keep_count(eigenvalues_desc: torch.Tensor, rank: Optional[int], energy: Optional[float]) -> int:
-    """How many of the (descending) eigenvalues to keep under ``rank`` / ``energy``."""
-    n = eigenvalues_desc.numel()
-    k = n if rank is None else min(rank, n)
-    if energy is not None:
-        total = eigenvalues_desc.sum()
-        if total > 0:
-            cumulative = torch.cumsum(eigenvalues_desc, 0) / total
-            needed = int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=cumulative.dtype) - 1e-12).item()) + 1
-            k = min(k, max(needed, 1))
-        else:
-            k = min(k, 1)
-    return max(k, 1)
+from .eigen import top_eigenpairs
 
 
 @dataclass
@@ -52,19 +39,17 @@ class KFACSignificance:
 
     @classmethod
     def from_factors(cls, name: str, A: torch.Tensor, S: torch.Tensor, rank: Optional[int], energy: Optional[float],
-                     damping: float = 0.0, dtype: torch.dtype = torch.float32) -> KFACSignificance:
-        """Eigendecompose A (n x n) and S (m x m) in float64 and keep the steepest directions."""
-        alpha, QA = torch.linalg.eigh(A.double())
-        sigma, QS = torch.linalg.eigh(S.double())
-        alpha, QA = alpha.flip(0).clamp_min(0), QA.flip(1)
-        sigma, QS = sigma.flip(0).clamp_min(0), QS.flip(1)
-        k_in = _keep_count(alpha, rank, energy)
-        k_out = _keep_count(sigma, rank, energy)
-        kept = sigma[:k_out].sum() * alpha[:k_in].sum()
-        total = sigma.sum() * alpha.sum()
-        retained = float(kept / total) if total > 0 else 1.0
-        omega = torch.outer(sigma[:k_out], alpha[:k_in]) + damping
-        return cls(name, QS[:, :k_out].to(dtype).contiguous(), QA[:, :k_in].to(dtype).contiguous(), omega, retained)
+                     damping: float = 0.0, dtype: torch.dtype = torch.float32,
+                     solver: str = "auto") -> KFACSignificance:
+        """Keep the steepest eigen-directions of A (n x n) and S (m x m), computed in float64 by
+        :func:`~srft_peft.significance.eigen.top_eigenpairs` (``solver``: "auto", "eigh" or "subspace")."""
+        a = top_eigenpairs(A, rank, energy, solver, f"{name}.A")
+        s = top_eigenpairs(S, rank, energy, solver, f"{name}.S")
+        total = s.trace * a.trace
+        retained = min(float(s.values.sum() * a.values.sum() / total), 1.0) if total > 0 else 1.0
+        # omega stays float64 until PriorSignificance.normalize() divides it by the shared normalizer
+        omega = torch.outer(s.values, a.values) + damping
+        return cls(name, s.vectors.to(dtype).contiguous(), a.vectors.to(dtype).contiguous(), omega, retained)
 
     @property
     def rank(self) -> tuple[int, int]:
