@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -52,11 +53,26 @@ def make_srft(estimator: str = "kfac", seed: int = 0, width: int = 8, train_step
     cfg = SRFTConfig(prior_estimator=estimator, prior_rank=3, total_steps=20, **config)
     srft = get_srft_model(tiny(seed, width), cfg)
     srft.estimate_prior(batches(data_seed), progress=False)
-    if train_steps:
+    return train_(srft, train_steps, optimizer)
+
+
+def lora_srft(seed: int = 0, rank: int = 2, train_steps: int = 0) -> SRFTModel:
+    """SRFT on a peft LoRA model of :func:`tiny` (adapters on fc1/fc2), with a prior, optionally trained (SGD)."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny(seed), peft.LoraConfig(r=rank, lora_alpha=4, target_modules=["fc1", "fc2"],
+                                                             lora_dropout=0.0))
+    srft = get_srft_model(model, SRFTConfig(prior_rank=3, total_steps=20))
+    srft.estimate_prior(batches(seed + 1), progress=False)
+    return train_(srft, train_steps)
+
+
+def train_(srft: SRFTModel, steps: int, optimizer: str = "sgd") -> SRFTModel:
+    """``steps`` attached optimizer steps on a fixed stream of batches (SGD: own statistics v), then detach."""
+    if steps:
         opt = (torch.optim.SGD(srft.parameters(), lr=0.05) if optimizer == "sgd"
                else torch.optim.Adam(srft.parameters(), lr=1e-2))
         srft.attach(opt)
-        for x in batches(seed=7, n=train_steps):
+        for x in batches(seed=7, n=steps):
             opt.zero_grad()
             srft(x).pow(2).mean().backward()
             opt.step()

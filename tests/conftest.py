@@ -67,3 +67,22 @@ def accelerate_state():
 def tiny_vit():
     """Factory of tiny timm ViTs (32 px, patch 8, embed 192) built without weights."""
     return _tiny_timm_vit
+
+
+@pytest.fixture
+def target():
+    """A Tiny model under SRFT with its own prior, trained two steps and holding v: the state that bad inputs and bad
+    loads must not touch (tests/checkpoint_helpers.py)."""
+    from checkpoint_helpers import make_srft
+
+    return make_srft("kfac", data_seed=5, train_steps=2)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory):
+    """A significance checkpoint folder (with transfer state) of a trained Tiny model, written once per module."""
+    from checkpoint_helpers import make_srft
+
+    folder = tmp_path_factory.mktemp("saved")
+    make_srft("kfac", train_steps=1).save_pretrained(folder, include_transfer_state=True)
+    return folder

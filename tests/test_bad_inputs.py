@@ -16,6 +16,7 @@ from checkpoint_helpers import (
     assert_unchanged,
     batches,
     files_of,
+    lora_srft,
     make_srft,
     perturb_,
     rewrite_json,
@@ -36,19 +37,6 @@ from srft_peft.tracking.train import build_parser, config_from_args
 INF, NAN = float("inf"), float("nan")
 #: Every float field of SRFTConfig (prior_energy may also be None).
 FLOAT_FIELDS = [f.name for f in dataclasses.fields(SRFTConfig) if f.type in ("float", "Union[float, None]")]
-
-
-@pytest.fixture
-def target() -> SRFTModel:
-    """A model under SRFT with its own prior, trained two steps and holding v: the state bad inputs must not touch."""
-    return make_srft("kfac", data_seed=5, train_steps=2)
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("saved")
-    make_srft("kfac", train_steps=1).save_pretrained(folder, include_transfer_state=True)
-    return folder
 
 
 def copy_of(saved: Path, tmp_path: Path) -> Path:
@@ -330,25 +318,8 @@ def test_a_users_readme_is_kept_and_our_card_is_refreshed(tmp_path: Path) -> Non
     assert "not included" in first and "included (step" in second  # our own card is rewritten
 
 
-
 def test_lora_transfer_state_of_another_adapter_rank(tmp_path: Path) -> None:
     """Same base weights (same prior, same fingerprint), adapters of another rank: v does not fit and is refused."""
-    peft = pytest.importorskip("peft")
-
-    def lora_srft(rank: int, train_steps: int = 0) -> SRFTModel:
-        model = peft.get_peft_model(tiny(), peft.LoraConfig(r=rank, lora_alpha=4, target_modules=["fc1", "fc2"],
-                                                             lora_dropout=0.0))
-        srft = get_srft_model(model, SRFTConfig(prior_rank=3, total_steps=20))
-        srft.estimate_prior(batches(), progress=False)
-        opt = torch.optim.SGD(srft.parameters(), lr=0.05)
-        srft.attach(opt)
-        for x in batches(seed=7, n=train_steps):
-            opt.zero_grad()
-            srft(x).pow(2).mean().backward()
-            opt.step()
-        srft.detach()
-        return srft
-
     lora_srft(rank=2, train_steps=1).save_pretrained(tmp_path, include_transfer_state=True)
     target = lora_srft(rank=4, train_steps=2)
     before = snapshot(target)

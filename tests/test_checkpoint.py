@@ -14,7 +14,16 @@ from types import SimpleNamespace
 import pytest
 import timm
 import torch
-from checkpoint_helpers import assert_unchanged, batches, make_srft, perturb_, rewrite_json, rewrite_tensors, snapshot, tiny
+from checkpoint_helpers import (
+    assert_unchanged,
+    lora_srft,
+    make_srft,
+    perturb_,
+    rewrite_json,
+    rewrite_tensors,
+    snapshot,
+    tiny,
+)
 from engine_helpers import state_tensor
 from safetensors.torch import load_file
 from torch import nn
@@ -237,23 +246,10 @@ BAD_INPUTS = {
 }
 
 
-@pytest.fixture
-def target() -> SRFTModel:
-    """A model under SRFT with its own prior, trained two steps and holding v: the state bad loads must not touch."""
-    return make_srft("kfac", data_seed=5, train_steps=2)
-
-
-@pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("good")
-    make_srft("kfac", train_steps=1).save_pretrained(folder, include_transfer_state=True)
-    return folder
-
-
 @pytest.mark.parametrize("corrupt, error, message", list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
-def test_bad_input_raises_and_changes_nothing(tmp_path: Path, good_checkpoint: Path, target: SRFTModel, corrupt, error,
+def test_bad_input_raises_and_changes_nothing(tmp_path: Path, saved: Path, target: SRFTModel, corrupt, error,
                                               message) -> None:
-    shutil.copytree(good_checkpoint, tmp_path, dirs_exist_ok=True)
+    shutil.copytree(saved, tmp_path, dirs_exist_ok=True)
     corrupt(tmp_path)
     before = snapshot(target)
     with pytest.raises(error, match=message):
@@ -303,21 +299,6 @@ def test_unknown_keys_warn_and_load(tmp_path: Path) -> None:
 
 
 # --- peft LoRA: the prior is keyed by the base weights, v by the adapter factors --------------------------------------
-def lora_srft(seed: int = 0, train_steps: int = 0) -> SRFTModel:
-    peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(tiny(seed), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"],
-                                                             lora_dropout=0.0))
-    srft = get_srft_model(model, SRFTConfig(prior_rank=3, total_steps=20))
-    srft.estimate_prior(batches(seed + 1), progress=False)
-    if train_steps:
-        opt = torch.optim.SGD(srft.parameters(), lr=0.05)
-        srft.attach(opt)
-        for x in batches(seed=7, n=train_steps):
-            opt.zero_grad()
-            srft(x).pow(2).mean().backward()
-            opt.step()
-        srft.detach()
-    return srft
 
 
 def test_lora_significance_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

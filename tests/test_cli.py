@@ -9,20 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from checkpoint_helpers import hub_cache, make_srft
+from checkpoint_helpers import hub_cache
 from huggingface_hub import constants
 
 from srft_peft.checkpoint import CONFIG_NAME, SIGNIFICANCE_NAME
 from srft_peft.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("saved")
-    make_srft("kfac", train_steps=1).save_pretrained(folder, include_transfer_state=True)
-    return folder
 
 
 def test_inspect_prints_header_and_table(saved: Path, capsys: pytest.CaptureFixture) -> None:
