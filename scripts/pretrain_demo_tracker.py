@@ -28,6 +28,7 @@ import torch
 
 import srft_peft
 from srft_peft.tracking import (
+    OSTrackRGBX,
     PretrainConfig,
     Tracker,
     TrackerConfig,
@@ -81,9 +82,9 @@ def _trained_with(work: Path, config: TrackerConfig, recipe: PretrainConfig) -> 
     return done.get("recipe") == dataclasses.asdict(recipe) and done.get("tracker") == config.to_dict()
 
 
-def score(model_dir: Path, sequences: list[Any]) -> dict[str, float]:
-    """SR / PR / NPR (percent) and fps of the tracker in ``model_dir`` on RGB ``sequences``."""
-    tracker = Tracker(load_tracker(model_dir).eval(), device="cpu")
+def score(model: OSTrackRGBX, sequences: list[Any]) -> dict[str, float]:
+    """SR / PR / NPR (percent) and fps of ``model`` on RGB ``sequences``."""
+    tracker = Tracker(model.eval(), device="cpu")
     summary = evaluate_results(sequences, run_tracker(tracker, sequences, progress=False, rgb_only=True))
     return {**{m: round(100 * float(summary[m]), 2) for m in METRICS}, "fps": round(float(summary["fps"]), 1),
             "num_sequences": int(summary["num_sequences"])}
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pretrain_rgb(config, root / "pretrain", work, recipe, dataset="rgb", num_threads=args.num_threads,
                      progress=False)
         train_s = time.perf_counter() - start
+    val = load_dataset("rgb", root / "val")
     result: dict[str, Any] = {
         "script": "scripts/pretrain_demo_tracker.py",
         "arguments": vars(args) | {"asset_dir": _repo_relative(args.asset_dir)},
@@ -110,18 +112,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "library_version": srft_peft.__version__, "data": {"generator_version": DATA_VERSION, "seed": args.data_seed,
                                                            "train": "rgb/pretrain", "select": "rgb/val",
                                                            "test": "rgb/retention"},
-        "train_seconds": round(train_s, 1), "val": score(work, load_dataset("rgb", root / "val")),
+        "train_seconds": round(train_s, 1), "val": score(load_tracker(work), val),
     }
     print(f"val        SR {result['val']['SR']:.1f}  PR {result['val']['PR']:.1f}  NPR {result['val']['NPR']:.1f}"
           f"  (trained in {train_s:.0f} s)")
     if args.ship:
-        result["retention"] = score(work, load_dataset("rgb", root / "retention"))
+        shipped = load_tracker(work).half().float()  # the weights as the fp16 asset stores them
+        result["val_fp32"], result["val"] = result["val"], score(shipped, val)
+        result["retention"] = score(shipped, load_dataset("rgb", root / "retention"))
         result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         result["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                              "python": platform.python_version(), "torch": torch.__version__,
                              "threads": torch.get_num_threads()}
-        digest = write_demo_tracker(load_tracker(work), args.asset_dir, result)
-        r = result["retention"]
+        digest = write_demo_tracker(shipped, args.asset_dir, result)
+        v, r = result["val"], result["retention"]
+        print(f"val fp16   SR {v['SR']:.1f}  PR {v['PR']:.1f}  NPR {v['NPR']:.1f}")
         print(f"retention  SR {r['SR']:.1f}  PR {r['PR']:.1f}  NPR {r['NPR']:.1f}")
         print(f"sha256     {digest}  {Path(args.asset_dir) / 'model.safetensors'}")
     (Path(args.work_dir) / "scores.json").write_text(json.dumps(result, indent=2) + "\n")

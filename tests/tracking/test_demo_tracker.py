@@ -93,4 +93,4 @@ def test_shipped_tracker_beats_random_init(tmp_path: Path):
     seqs = load_dataset("rgb", root / "retention")
     torch.manual_seed(0)
     shipped, random_init = _sr(load_demo_rgb_tracker(), seqs), _sr(OSTrackRGBX(TINY), seqs)
-    assert shipped >= random_init + 0.2, (shipped, random_init)
+    assert shipped >= random_init + 0.25, (shipped, random_init)  # measured 0.54 vs 0.11-0.15 (a 20-step tracker: 0.21)
