@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from pathlib import Path
 
@@ -67,6 +68,31 @@ def test_missing_checksum_file_is_refused(asset_copy: Path):
     (asset_copy / "SHA256").unlink()
     with pytest.raises(FileNotFoundError, match="SHA256 not found"):
         load_demo_rgb_tracker(asset_copy)
+
+
+def test_malformed_checksum_file_is_refused_naming_it(asset_copy: Path):
+    path = asset_copy / "SHA256"
+    path.write_text("abc  model.safetensors\n")
+    with pytest.raises(ValueError, match=f"{path}: malformed line 'abc  model.safetensors'"):
+        load_demo_rgb_tracker(asset_copy)
+
+
+def test_checksum_file_must_cover_the_weights(asset_copy: Path):
+    path = asset_copy / "SHA256"
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if "model.safetensors" not in line))
+    with pytest.raises(ValueError, match=r"SHA256: no checksum for \['model.safetensors'\]"):
+        load_demo_rgb_tracker(asset_copy)
+
+
+def test_asset_is_package_data():
+    """Every asset file matches a pyproject package-data pattern, so a (non-editable) pip install carries it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["srft_peft"]
+    package = DEMO_TRACKER_DIR.parents[2]
+    for path in DEMO_TRACKER_DIR.iterdir():
+        rel = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(rel, pattern) for pattern in patterns), rel
 
 
 def test_fp16_round_trip(tmp_path: Path):
