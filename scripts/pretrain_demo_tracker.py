@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "python": platform.python_version(), "torch": torch.__version__,
                              "threads": torch.get_num_threads()}
         digest = write_demo_tracker(shipped, args.asset_dir, result)
+        result["sha256"] = digest
         v, r = result["val"], result["retention"]
         print(f"val fp16   SR {v['SR']:.1f}  PR {v['PR']:.1f}  NPR {v['NPR']:.1f}")
         print(f"retention  SR {r['SR']:.1f}  PR {r['PR']:.1f}  NPR {r['NPR']:.1f}")
