@@ -64,6 +64,7 @@ from .datasets import (
     read_flags,
 )
 from .demo_data import DEMO_LAYOUTS, DemoConfig, default_demo_root, load_demo_dataset, make_demo_dataset
+from .demo_tracker import DEMO_TRACKER_DIR, demo_tracker_recipe, load_demo_rgb_tracker, write_demo_tracker
 from .evaluation import SequenceResult, load_results, run_tracker, save_result
 from .losses import focal_loss, gaussian_heatmap, gaussian_radius, generalized_box_iou, giou_loss, tracking_loss
 from .metrics import (
@@ -124,6 +125,8 @@ __all__ = [
     "read_flags", "depth_to_colormap",
     "make_demo_dataset", "load_demo_dataset", "default_demo_root", "DemoConfig", "DEMO_LAYOUTS",
     "TrackingPairDataset", "PairSamplingConfig", "collate",
+    # the shipped demo RGB tracker (demo_tracker.py)
+    "load_demo_rgb_tracker", "demo_tracker_recipe", "write_demo_tracker", "DEMO_TRACKER_DIR",
     # evaluation (evaluation.py, metrics.py, plots.py)
     "run_tracker", "load_results", "save_result", "SequenceResult",
     "evaluate_results", "PROTOCOLS", "Protocol", "precision_curve", "normalized_precision_curve", "success_curve",
