@@ -1,12 +1,16 @@
-"""Pretrain the small RGB tracker that the fine-tuning examples start from (the "RGB pretraining" stage).
+"""Pretrain a small RGB tracker of your own (the "RGB pretraining" stage), to fine-tune instead of the shipped one.
 
-    python examples/pretrain_rgb.py                         # the cached demo tracker (what the examples use by default)
+The fine-tuning examples start from the demo RGB tracker shipped with the package (load_demo_rgb_tracker); nothing
+needs to be trained. It was made, and is re-made, by scripts/pretrain_demo_tracker.py (recipe chosen on the demo RGB
+set's val split, scored once on retention, written as a checksummed fp16 asset). This script re-trains one:
+
+    python examples/pretrain_rgb.py                         # cached in ~/.cache/srft_peft/pretrained (ensure_pretrained_rgb)
     python examples/pretrain_rgb.py --output-dir outputs/rgb_tracker --steps 2000
     python examples/pretrain_rgb.py --data-root /data/GOT10k_rgb_layout --dataset rgb --output-dir outputs/rgb_got
 
 Without --output-dir the tracker goes to the cache (ensure_pretrained_rgb: ~/.cache/srft_peft/pretrained, or
-$SRFT_CACHE_DIR) and is reused by `python examples/finetune_rgbt.py`. With it, pass the folder to the fine-tuning
-examples as --pretrained. Training data default: the demo RGB set (rendered on first use).
+$SRFT_CACHE_DIR). Pass the printed folder to the fine-tuning examples as --pretrained. Training data default: the
+pretrain split of the demo RGB set (demo data v2, rendered on first use), where the shipped tracker was trained.
 """
 
 import argparse

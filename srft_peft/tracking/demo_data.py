@@ -58,6 +58,7 @@ __all__ = [
     "V2_SPLITS",
     "DemoConfig",
     "default_demo_root",
+    "demo_set_root",
     "make_demo_dataset",
     "load_demo_dataset",
     "render_sequence",
@@ -173,6 +174,12 @@ def default_demo_root() -> Path:
     """``$SRFT_DEMO_ROOT`` if set, else ``~/.cache/srft_peft/demo``."""
     env = os.environ.get("SRFT_DEMO_ROOT")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "srft_peft" / "demo"
+
+
+def demo_set_root(modality: str, version: int = GENERATOR_VERSION) -> Path:
+    """Default folder of a demo set: ``default_demo_root() / modality`` (v1), ``default_demo_root() / "v2" / modality``
+    (v2), so the two versions never rebuild each other's files."""
+    return default_demo_root() / modality if version == 1 else default_demo_root() / f"v{version}" / modality
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -930,7 +937,7 @@ def make_demo_dataset(
     or ``pretrain/``, ``val/``, ``retention/`` (RGB) from disjoint source pools (see :class:`DemoConfig`). Sizes left
     ``None`` take the version's defaults. The set is rebuilt only if ``MANIFEST.json`` is missing, its parameters or
     generator version differ, or ``force``; otherwise nothing is written. ``root`` defaults to
-    ``default_demo_root() / modality``.
+    :func:`demo_set_root` (``default_demo_root() / modality``, for v2 ``default_demo_root() / "v2" / modality``).
 
     Raises:
         ValueError: a parameter is invalid (the message names it and its value); nothing is written.
@@ -944,7 +951,7 @@ def make_demo_dataset(
     cfg = DemoConfig(modality=modality, num_train=num_train, num_test=num_test, frames=frames, image_size=image_size,
                      seed=seed, version=version, num_val=num_val, num_pretrain=num_pretrain,
                      num_retention=num_retention)
-    root = Path(root).expanduser() if root is not None else default_demo_root() / modality
+    root = Path(root).expanduser() if root is not None else demo_set_root(modality, cfg.version)
     params = cfg.params()
     with file_lock(root.parent / f".{root.name}.lock"):
         manifest = _read_manifest(root)

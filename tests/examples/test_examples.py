@@ -194,11 +194,14 @@ def test_command_line_maps_onto_the_config():
 
 
 def test_ensure_pretrained_rgb_caches_by_recipe(tmp_path, monkeypatch):
+    from srft_peft.tracking.train import data
     from srft_peft.tracking.train import pretrain as training
 
     monkeypatch.setenv("SRFT_DEMO_ROOT", str(tmp_path / "demo"))
-    monkeypatch.setattr(training, "PRETRAIN_DEMO", {"modality": "rgb", "num_train": 2, "num_test": 1, "seed": 1,
-                                                    "frames": 12})
+    small = {"modality": "rgb", "version": 2, "seed": 0, "num_pretrain": 2, "num_val": 1, "num_retention": 1,
+             "frames": 12, "image_size": (64, 48)}
+    monkeypatch.setattr(data, "DEMO_RGB", small)  # the demo RGB set v2, small: pretrain_rgb reads its pretrain split
+    monkeypatch.setattr(training, "DEMO_RGB", small)  # and the cache key holds it
     recipe = training.PretrainConfig(steps=2, batch_size=2, warmup_steps=0)
     previous = torch.get_num_threads()
     try:
@@ -209,7 +212,9 @@ def test_ensure_pretrained_rgb_caches_by_recipe(tmp_path, monkeypatch):
         other = training.ensure_pretrained_rgb(tmp_path / "cache", recipe=dataclasses.replace(recipe, steps=3),
                                                progress=False)
         assert other != first  # another recipe, another cached tracker
-        assert json.loads((first / "pretrain.json").read_text())["recipe"]["steps"] == 2
+        done = json.loads((first / "pretrain.json").read_text())
+        assert done["recipe"]["steps"] == 2 and done["data_root"] == "demo:v2/rgb/pretrain"
+        assert (tmp_path / "demo" / "v2" / "rgb" / "pretrain").is_dir()
         model = load_tracker(first)
         assert model.config.mode == "rgb" and (model.config.template_size, model.config.search_size) == (32, 64)
     finally:

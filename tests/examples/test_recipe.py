@@ -156,7 +156,7 @@ def _common(tiny_data, tmp_path: Path, **fields) -> FinetuneConfig:
 
 
 def test_validation_split_is_found_or_disabled(tiny_data, tmp_path):
-    assert load_rgbx_splits(_common(tiny_data, tmp_path)).val == []  # today's demo layout: train/ and test/ only
+    assert load_rgbx_splits(_common(tiny_data, tmp_path)).val == []  # a v1 demo set: train/ and test/ only
     root = tmp_path / "with_val"
     for split in ("train", "test"):
         (root / split).mkdir(parents=True)

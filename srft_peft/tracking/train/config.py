@@ -5,8 +5,10 @@ Choices of the fine-tuning recipe (each a field):
 
 * Prior calibration (``srft``, ``srft-prior-only``, ``ewc``): the objective is the tracking loss of the
   RGB-initialised dual-stream model itself, on RGB (pretraining-domain) pairs fed as RGB-X input ``[rgb, rgb]``
-  (X := RGB), ``prior_batches`` batches. The RGB pairs come from ``rgb_root``, or the demo RGB pretraining set when
-  the default demo tracker is used, or else the RGB channels of the RGB-X training sequences.
+  (X := RGB), ``prior_batches`` batches. The RGB pairs come from ``rgb_root``, or the ``pretrain`` split of the demo
+  RGB set (demo data v2, where the shipped tracker was pretrained) when the default demo tracker is used, or else the
+  RGB channels of the RGB-X training sequences. The RGB-retention test (``evaluate_rgb``) reads the same source's
+  test split (the demo RGB set's ``retention``).
 * ``prior_scope``: what the prior covers (default ``"pretrained"``: not the weights whose pretrained value has no
   RGB meaning; see :func:`~srft_peft.tracking.train.methods.prior_scope_fields`).
 * AdamW with ``weight_decay=0`` on the parameters SRFT regularizes (decay would pull them toward 0 instead of toward
@@ -84,7 +86,8 @@ class FinetuneConfig:
     data_root: str | None = field(
         default=None,
         metadata={"help": "Dataset root holding the train and test splits (e.g. LasHeR with trainingset/ and "
-                  "testingset/); default: the demo set of the modality, created if absent."},
+                  "testingset/); default: the demo data v2 set of the modality (train / val / test), created if "
+                  "absent."},
     )
     dataset: str | None = field(
         default=None,
@@ -101,8 +104,8 @@ class FinetuneConfig:
     test_split_file: str | None = field(default=None, metadata={"help": "File listing test sequence names."})
     pretrained: str | None = field(
         default=None,
-        metadata={"help": "RGB tracker: a save_tracker folder or an OSTrack .pth.tar; default: the cached demo tracker "
-                  "(pretrained on the demo RGB set when absent)."},
+        metadata={"help": "RGB tracker: a save_tracker folder or an OSTrack .pth.tar; default: the demo tracker shipped "
+                  "with the package (pretrained on the demo RGB set v2; checksums verified, nothing is trained)."},
     )
     variant: str = field(default="tiny", metadata={"help": "ViT size when --pretrained is a .pth.tar: tiny/small/base."})
     template_size: int | None = field(default=None, metadata={"help": "Template crop for a .pth.tar (base: 128)."})
@@ -126,7 +129,8 @@ class FinetuneConfig:
     rgb_root: str | None = field(
         default=None,
         metadata={"help": "RGB-only sequences (<seq>/img + groundtruth.txt; with train/ and test/ or the sequences "
-                  "themselves) for the prior and for --evaluate-rgb; default: the demo RGB set with the demo tracker, "
+                  "themselves) for the prior and for --evaluate-rgb; default: the demo RGB set v2 (pretrain/ for the "
+                  "prior, retention/ for the retention test) with the demo tracker, "
                   "else the RGB channels of the RGB-X sequences."},
     )
     prior_batches: int = field(default=8, metadata={"help": "Calibration batches for the prior."})
@@ -217,9 +221,9 @@ class FinetuneConfig:
                                  "sequences (not where the dual-stream methods start; see evaluate_baseline)."}
     )
     evaluate_rgb: bool = field(
-        default=False,
-        metadata={"help": "Also evaluate RGB-skill retention: the fine-tuned model on RGB-only test sequences fed as "
-                  "[rgb, rgb]."},
+        default=True,
+        metadata={"help": "Also evaluate RGB-skill retention (what SRFT is for, so on by default): the fine-tuned model "
+                  "(and the start, with evaluate_baseline) on RGB-only test sequences fed as [rgb, rgb] (see rgb_root)."},
     )
     progress: bool = field(default=True, metadata={"help": "tqdm progress bars (main process)."})
 

@@ -1,5 +1,9 @@
 """The sequences of a fine-tune: the RGB-X train / validation / test splits of a dataset root (or the demo set), and
-RGB-only splits (prior calibration, RGB-skill retention)."""
+RGB-only splits (prior calibration, RGB-skill retention).
+
+The demo sets are demo data v2 (:data:`DEMO_DATA_VERSION`): RGB-X ``train`` / ``val`` / ``test`` for the fine-tune,
+and the RGB set's ``pretrain`` / ``val`` / ``retention`` for the RGB side (:func:`demo_rgb_split`); version 1 stays
+available through :func:`~srft_peft.tracking.demo_data.make_demo_dataset`."""
 
 from __future__ import annotations
 
@@ -9,13 +13,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..datasets import Sequence, load_dataset
-from ..demo_data import DEMO_LAYOUTS, default_demo_root, make_demo_dataset
+from ..demo_data import DEMO_LAYOUTS, demo_set_root, make_demo_dataset
 
 if TYPE_CHECKING:
     from .config import FinetuneConfig
 
-__all__ = ["SPLIT_FOLDERS", "RGBXSplits", "load_rgb_split", "load_rgbx_splits", "resolve_split_root",
-           "truncate_sequence"]
+__all__ = ["DEMO_DATA_VERSION", "DEMO_RGB", "DEMO_RGB_SPLITS", "SPLIT_FOLDERS", "RGBXSplits", "demo_rgb_root",
+           "demo_rgb_split", "load_rgb_split", "load_rgbx_splits", "resolve_split_root", "truncate_sequence"]
+
+DEMO_DATA_VERSION = 2  # the demo data of a fine-tune without a data root, and of its RGB side with the demo tracker
+# The demo RGB set (make_demo_dataset parameters): where the shipped demo tracker was pretrained (pretrain), chosen (val)
+# and scored (retention); the fine-tune calibrates its prior on pretrain and tests retention on retention.
+DEMO_RGB = {"modality": "rgb", "version": DEMO_DATA_VERSION, "seed": 0}
+DEMO_RGB_SPLITS = {"train": "pretrain", "val": "val", "test": "retention"}  # fine-tune role -> folder of the RGB set
 
 # Folder names of the splits under a dataset root, tried in this order. The demo data v2 RGB set names its prior /
 # retention splits pretrain/ and retention/; they are the last choices of "train" / "test".
@@ -73,6 +83,19 @@ def load_rgb_split(rgb_root: str | Path, split: str) -> list[Sequence]:
     return load_dataset("rgb", root)
 
 
+def demo_rgb_root() -> Path:
+    """The demo RGB set :data:`DEMO_RGB` (built under ``demo_set_root("rgb", version)`` if absent)."""
+    return make_demo_dataset(demo_set_root("rgb", DEMO_RGB["version"]), **DEMO_RGB)
+
+
+def demo_rgb_split(split: str) -> list[Sequence]:
+    """RGB sequences of the demo RGB set for ``split``: "train" (its ``pretrain`` folder: RGB pretraining and the
+    prior's calibration), "val" or "test" (its ``retention`` folder: the RGB-retention test)."""
+    if split not in DEMO_RGB_SPLITS:
+        raise ValueError(f"split must be one of {sorted(DEMO_RGB_SPLITS)}, got {split!r}")
+    return load_dataset("rgb", demo_rgb_root() / DEMO_RGB_SPLITS[split])
+
+
 def _optional_split(root: Path, loader: str) -> list[Sequence]:
     try:
         return load_dataset(loader, resolve_split_root(root, "val"))
@@ -81,14 +104,16 @@ def _optional_split(root: Path, loader: str) -> list[Sequence]:
 
 
 def load_rgbx_splits(cfg: FinetuneConfig) -> RGBXSplits:
-    """The train / validation / test sequences of ``cfg`` (the demo set of the modality, built if needed, when no
-    root is given). Validation: ``cfg.val_root``, else the ``val`` split under the data root when there is one."""
+    """The train / validation / test sequences of ``cfg`` (the demo data v2 set of the modality, built if needed,
+    when no root is given). Validation: ``cfg.val_root``, else the ``val`` split under the data root when there is
+    one."""
     if cfg.data_root is None and cfg.train_root is None and cfg.test_root is None:
-        root = make_demo_dataset(default_demo_root() / cfg.modality, modality=cfg.modality)
+        root = make_demo_dataset(demo_set_root(cfg.modality, DEMO_DATA_VERSION), modality=cfg.modality,
+                                 version=DEMO_DATA_VERSION)
         layout = DEMO_LAYOUTS[cfg.modality]
         val = load_dataset(layout, Path(cfg.val_root).expanduser()) if cfg.val_root else _optional_split(root, layout)
         return RGBXSplits(load_dataset(layout, root / "train"), val, load_dataset(layout, root / "test"),
-                          f"demo:{root}")
+                          f"demo v{DEMO_DATA_VERSION}:{root}")
     name = cfg.dataset_name
     splits = []
     for split, explicit, split_file in (("train", cfg.train_root, cfg.train_split_file),

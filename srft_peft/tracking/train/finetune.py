@@ -44,10 +44,10 @@ from .common import (
     to_device,
 )
 from .config import DEMO_JITTER, OSTRACK_JITTER, FinetuneConfig
-from .data import RGBXSplits, load_rgb_split, load_rgbx_splits, truncate_sequence
+from .data import RGBXSplits, demo_rgb_split, load_rgb_split, load_rgbx_splits, truncate_sequence
 from .evaluate import evaluate_tracker, jsonable, scalars
 from .methods import build_finetune_model, method_srft_config, prior_scope_fields, tracker_of, uniform_prior
-from .pretrain import demo_rgb_split, load_pretrained_rgb
+from .pretrain import load_pretrained_rgb
 
 __all__ = ["Validation", "clip_gradients", "finetune_rgbx", "make_accelerator", "rgb_sequences"]
 
@@ -78,7 +78,8 @@ def cpu_distributed() -> bool:
 
 
 def rgb_sequences(cfg: FinetuneConfig, split: str, demo_tracker: bool, rgbx: list[Sequence]) -> list[Sequence]:
-    """RGB-only sequences for the prior (train) or the retention test (test); see ``FinetuneConfig.rgb_root``."""
+    """RGB-only sequences for the prior (train) or the retention test (test): ``cfg.rgb_root``'s, else with the demo
+    tracker the demo RGB set's (``pretrain`` / ``retention``), else ``rgbx`` (read through their RGB channels)."""
     if cfg.rgb_root is not None:
         return load_rgb_split(cfg.rgb_root, split)
     if demo_tracker:

@@ -1,9 +1,10 @@
-"""RGB pretraining of the tiny demo tracker (:func:`pretrain_rgb`), its cache (:func:`ensure_pretrained_rgb`) and
-the RGB tracker a fine-tune starts from (:func:`load_pretrained_rgb`).
+"""The RGB tracker a fine-tune starts from (:func:`load_pretrained_rgb`: by default the shipped demo tracker), and
+RGB pretraining for re-training one (:func:`pretrain_rgb`, cached by :func:`ensure_pretrained_rgb`; the shipped one
+is made by ``scripts/pretrain_demo_tracker.py``).
 
 Example:
     >>> from srft_peft.tracking.train import load_pretrained_rgb
-    >>> model, source = load_pretrained_rgb(None)  # the cached demo tracker, trained once when absent  # doctest: +SKIP
+    >>> model, source = load_pretrained_rgb(None)  # the shipped demo tracker, checksums verified  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,32 +26,23 @@ from torch.utils.data import DataLoader
 
 from ..cache import default_cache_dir, file_lock
 from ..checkpoint_io import PartialLoadError, load_rgb_checkpoint, load_tracker, save_tracker
-from ..datasets import Sequence, load_dataset
-from ..demo_data import GENERATOR_VERSION, default_demo_root, make_demo_dataset
+from ..datasets import load_dataset
+from ..demo_data import demo_set_root
+from ..demo_tracker import demo_tracker_recipe, load_demo_rgb_tracker
 from ..model import OSTrackRGBX, TrackerConfig
 from ..sampling import TrackingPairDataset, collate
 from .common import configure_threads, cosine_lr_lambda, pair_loss, progress_bar, set_seed, to_device
 from .config import TINY_SIZES, PretrainConfig
-from .data import resolve_split_root
+from .data import DEMO_RGB, demo_rgb_split, resolve_split_root
 
-__all__ = ["PRETRAIN_DEMO", "demo_rgb_split", "ensure_pretrained_rgb", "load_pretrained_rgb", "pretrain_demo_root",
-           "pretrain_rgb"]
+__all__ = ["demo_rgb_split", "ensure_pretrained_rgb", "load_pretrained_rgb", "pretrain_demo_root", "pretrain_rgb"]
 
-TRAINING_VERSION = 1  # part of the cache key of ensure_pretrained_rgb: bump when the pretraining recipe changes
-# The demo RGB "pretraining domain": other scenes (seed 1) than the RGB-X demo sets (seed 0).
-PRETRAIN_DEMO = {"modality": "rgb", "num_train": 64, "num_test": 4, "seed": 1}
-PRETRAIN_DEMO_NAME = "rgb-pretrain"
+TRAINING_VERSION = 2  # part of the cache key of ensure_pretrained_rgb: bump when the pretraining recipe changes
 
 
 def pretrain_demo_root() -> Path:
-    """Folder of the demo RGB pretraining set (built by :func:`ensure_pretrained_rgb` when needed)."""
-    return default_demo_root() / PRETRAIN_DEMO_NAME
-
-
-def demo_rgb_split(split: str) -> list[Sequence]:
-    """The ``split`` sequences of the demo RGB pretraining set (built if absent)."""
-    root = make_demo_dataset(pretrain_demo_root(), **PRETRAIN_DEMO)
-    return load_dataset("rgb", resolve_split_root(root, split))
+    """Folder of the demo RGB set that :func:`pretrain_rgb` trains on by default (its ``pretrain`` split)."""
+    return demo_set_root("rgb", DEMO_RGB["version"])
 
 
 def pretrain_rgb(
@@ -72,7 +64,8 @@ def pretrain_rgb(
             search_size=64)`` (small crops for CPU speed: the demo targets are 17-29 px, so a factor-4 search region
             is ~100 px, resized to 64).
         data_root: training sequences (a folder with ``train/`` or the sequences themselves), read by the
-            ``dataset`` loader; default: the demo RGB pretraining set (built if absent).
+            ``dataset`` loader; default: the ``pretrain`` split of the demo RGB set (demo data v2, built if absent),
+            where the shipped demo tracker was trained.
         output_dir: where ``config.json`` / ``model.safetensors`` (and ``pretrain.json``, the recipe) go.
         recipe: steps, batch size, learning rate, ...; ``overrides`` replace its fields.
         num_threads: intra-op CPU threads (``torch.set_num_threads``); default 1 on the CPU unless ``OMP_NUM_THREADS``
@@ -123,7 +116,7 @@ def pretrain_rgb(
     out = save_tracker(model.eval().cpu(), output_dir)
     (out / "pretrain.json").write_text(json.dumps(
         {"recipe": dataclasses.asdict(recipe), "tracker": cfg.to_dict(), "dataset": dataset,
-         "data_root": str(data_root) if data_root is not None else f"demo:{PRETRAIN_DEMO_NAME}",
+         "data_root": str(data_root) if data_root is not None else f"demo:v{DEMO_RGB['version']}/rgb/pretrain",
          "final_loss": running}, indent=2) + "\n")
     return out
 
@@ -134,19 +127,21 @@ def ensure_pretrained_rgb(
     recipe: PretrainConfig | None = None,
     progress: bool = True,
 ) -> Path:
-    """The cached demo RGB tracker, trained by :func:`pretrain_rgb` on the demo RGB set when absent.
+    """A re-trained demo RGB tracker, trained by :func:`pretrain_rgb` on the demo RGB set's ``pretrain`` split when
+    absent from the cache (a fine-tune starts from the shipped tracker unless given this folder as ``pretrained``).
 
-    The folder name holds a hash of the tracker config, the recipe and the data generator version, so a change of any
+    The folder name holds a hash of the tracker config, the recipe and the demo data parameters, so a change of any
     of them trains a new one; a file lock makes concurrent processes (``accelerate launch``) train it once. Training is
-    deterministic (fixed seed), so every machine rebuilds the same model.
+    seeded; float results can still differ slightly between machines and thread counts, which is why the demo starts
+    from the shipped tracker instead.
 
     Returns:
         The tracker folder (``load_tracker`` reads it), ``<cache_dir>/pretrained/rgb-<variant>-z<T>-x<S>-<hash>``.
     """
     cfg = config or TrackerConfig(variant="tiny", mode="rgb", template_size=TINY_SIZES[0], search_size=TINY_SIZES[1])
     recipe = recipe or PretrainConfig()
-    key = json.dumps({"tracker": cfg.to_dict(), "recipe": dataclasses.asdict(recipe), "data": PRETRAIN_DEMO,
-                      "generator": GENERATOR_VERSION, "training": TRAINING_VERSION}, sort_keys=True)
+    key = json.dumps({"tracker": cfg.to_dict(), "recipe": dataclasses.asdict(recipe), "data": DEMO_RGB,
+                      "training": TRAINING_VERSION}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "pretrained"
     folder = base / f"rgb-{cfg.variant}-z{cfg.template_size}-x{cfg.search_size}-{digest}"
@@ -176,7 +171,8 @@ def load_pretrained_rgb(
 ) -> tuple[OSTrackRGBX, str]:
     """The RGB tracker to start from, and a description of where it came from.
 
-    ``pretrained``: None (the cached demo tracker, see :func:`ensure_pretrained_rgb`), a folder written by
+    ``pretrained``: None (the shipped demo tracker, :func:`~srft_peft.tracking.load_demo_rgb_tracker`, checksums
+    verified; described as ``"demo:shipped (sha256 <weights sha256>)"``; nothing is trained), a folder written by
     :func:`save_tracker`, or an OSTrack/DropTrack checkpoint file (``.pth.tar``/``.pth``) loaded into
     ``TrackerConfig(variant, "rgb", template_size, search_size)`` with :func:`load_rgb_checkpoint` (sizes default to
     OSTrack-256's 128/256 for ``small``/``base`` and to 32/64 for ``tiny``). A checkpoint with missing, unexpected or
@@ -186,8 +182,7 @@ def load_pretrained_rgb(
     file, candidate elimination included.
     """
     if pretrained is None:
-        folder = ensure_pretrained_rgb(progress=progress)
-        return load_tracker(folder), f"demo:{folder}"
+        return load_demo_rgb_tracker(), f"demo:shipped (sha256 {demo_tracker_recipe()['sha256']})"
     path = Path(pretrained).expanduser()
     if path.is_dir():
         model = load_tracker(path)
