@@ -32,12 +32,14 @@ def small_demo(tmp_path, monkeypatch):
     monkeypatch.setenv("SRFT_CACHE_DIR", str(tmp_path / "cache"))
     real = demo_data.make_demo_dataset
 
-    def small_rgbx(root, modality, version):
-        return real(root, modality=modality, version=version, num_train=2, num_val=1, num_test=1, **SMALL)
+    def small(root, **kw):
+        if kw["modality"] == "rgb":
+            return real(root, **kw)
+        sizes = {"num_val": 1} if kw.get("version", 1) == 2 else {}  # (v1 has no val split)
+        return real(root, **kw, num_train=2, num_test=1, **sizes, **SMALL)
 
-    monkeypatch.setattr(train_data, "make_demo_dataset", lambda root, **kw: real(root, **kw) if kw["modality"] == "rgb"
-                        else small_rgbx(root, kw["modality"], kw["version"]))
-    monkeypatch.setattr(train_data, "DEMO_RGB", SMALL_RGB)
+    monkeypatch.setattr(train_data, "make_demo_dataset", small)
+    monkeypatch.setattr(train_data, "DEMO_RGB", SMALL_RGB, raising=False)
     monkeypatch.setattr(train_pretrain, "pretrain_rgb", _no_training)
     monkeypatch.setattr(train_pretrain, "ensure_pretrained_rgb", _no_training)
     return tmp_path
