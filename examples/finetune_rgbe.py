@@ -1,8 +1,10 @@
 """Fine-tune an RGB-pretrained tracker on RGB-E (event) data with SRFT (or a baseline) and evaluate it.
 
-With no arguments it runs the CPU demo end to end: the demo RGB-E set (rendered, in the VisEvent layout) and the demo
-RGB tracker are built and cached if absent, the prior significance is estimated on RGB pairs, the dual-stream model is
-fine-tuned with SRFT and evaluated; the metrics are printed and the plots written to outputs/finetune_rgbe/plots.
+With no arguments it runs the CPU demo end to end: the demo data v2 RGB-E set (rendered in the VisEvent layout
+on first use: 8 train, 24 val, 80 test sequences) and the RGB set are built if absent, the demo RGB tracker shipped
+with the package is loaded (nothing is trained), the prior significance is estimated on RGB pairs, the dual-stream
+model is fine-tuned with SRFT and evaluated on the test set and on the RGB retention set; the metrics are printed
+and the plots written to outputs/finetune_rgbe/plots.
 
     python examples/finetune_rgbe.py                                   # the demo
     python examples/finetune_rgbe.py --method full --steps 300         # a baseline: full / prompt / lora / ewc / ...

@@ -1,8 +1,10 @@
 """Fine-tune an RGB-pretrained tracker on RGB-T (thermal) data with SRFT (or a baseline) and evaluate it.
 
-With no arguments it runs the CPU demo end to end: the demo RGB-T set (rendered, in the LasHeR layout) and the demo
-RGB tracker are built and cached if absent, the prior significance is estimated on RGB pairs, the dual-stream model is
-fine-tuned with SRFT and evaluated; the metrics are printed and the plots written to outputs/finetune_rgbt/plots.
+With no arguments it runs the CPU demo end to end: the demo data v2 RGB-T set (rendered in the LasHeR layout
+on first use: 8 train, 24 val, 80 test sequences) and the RGB set are built if absent, the demo RGB tracker shipped
+with the package is loaded (nothing is trained), the prior significance is estimated on RGB pairs, the dual-stream
+model is fine-tuned with SRFT and evaluated on the test set and on the RGB retention set; the metrics are printed
+and the plots written to outputs/finetune_rgbt/plots.
 
     python examples/finetune_rgbt.py                                   # the demo
     python examples/finetune_rgbt.py --method full --steps 300         # a baseline: full / prompt / lora / ewc / ...
