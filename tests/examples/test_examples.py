@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -219,3 +220,32 @@ def test_ensure_pretrained_rgb_caches_by_recipe(tmp_path, monkeypatch):
         assert model.config.mode == "rgb" and (model.config.template_size, model.config.search_size) == (32, 64)
     finally:
         torch.set_num_threads(previous)
+
+
+def _metrics_table(text: str) -> dict[str, tuple[float, ...]]:
+    """The rows of a printed ``format_results_table`` (model + test set -> PR, NPR, SR) found in ``text``."""
+    rows = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[-5] in ("RGB-X", "RGB") and parts[-4] == "test":
+            rows[" ".join(parts[:-3])] = tuple(float(v) for v in parts[-3:])
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_make_demo_prints_the_readme_numbers(tmp_path):
+    """`make demo` (the example with no arguments, empty caches) prints the README's table: the start rows exactly (no
+    training), the fine-tuned rows within the README's tolerance (±1 SR, ±2 PR / NPR)."""
+    expected = _metrics_table((REPO / "README.md").read_text().split("## Quickstart", 1)[1].split("## ", 1)[0])
+    assert len(expected) == 4
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", SRFT_DEMO_ROOT=str(tmp_path / "demo"),
+               SRFT_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "examples/finetune_rgbt.py", "--output-dir", str(tmp_path / "out"),
+                           "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = _metrics_table(proc.stdout)
+    assert printed.keys() == expected.keys()
+    for name, values in printed.items():
+        tolerance = (0.0, 0.0, 0.0) if name.startswith("start") else (2.0, 2.0, 1.0)  # PR, NPR, SR
+        assert all(abs(a - b) <= t + 1e-9 for a, b, t in zip(values, expected[name], tolerance)), (name, values)
