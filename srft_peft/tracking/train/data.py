@@ -90,7 +90,7 @@ def demo_rgb_root() -> Path:
 
 def demo_rgb_split(split: str) -> list[Sequence]:
     """RGB sequences of the demo RGB set for ``split``: "train" (its ``pretrain`` folder: RGB pretraining and the
-    prior's calibration), "val" or "test" (its ``retention`` folder: the RGB-retention test)."""
+    prior's calibration), "val" (its ``val`` folder) or "test" (its ``retention`` folder: the RGB-retention test)."""
     if split not in DEMO_RGB_SPLITS:
         raise ValueError(f"split must be one of {sorted(DEMO_RGB_SPLITS)}, got {split!r}")
     return load_dataset("rgb", demo_rgb_root() / DEMO_RGB_SPLITS[split])
