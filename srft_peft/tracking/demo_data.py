@@ -110,8 +110,9 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "Seed; the same seed gives byte-identical files."})
     version: int = field(
         default=GENERATOR_VERSION,
-        metadata={"help": "Generator: 1 (the shipped demo: train/test) or 2 (opt-in held-out benchmark with disjoint "
-                          "object and background pools: train/val/test for RGB-X, pretrain/val/retention for RGB)."},
+        metadata={"help": "Generator: 1 (the first demo set: train/test) or 2 (the held-out set with disjoint object "
+                          "and background pools that the examples, the shipped tracker and the benchmark use: "
+                          "train/val/test for RGB-X, pretrain/val/retention for RGB)."},
     )
     num_val: int | None = field(default=None, metadata={"help": "v2 only: validation sequences (24)."})
     num_pretrain: int | None = field(default=None, metadata={"help": "v2 'rgb' only: RGB pretraining sequences (96)."})

@@ -61,8 +61,8 @@ def pretrain_rgb(
 
     Args:
         config: the tracker (``mode="rgb"``); default ``TrackerConfig(variant="tiny", mode="rgb", template_size=32,
-            search_size=64)`` (small crops for CPU speed: the demo targets are 17-29 px, so a factor-4 search region
-            is ~100 px, resized to 64).
+            search_size=64)`` (small crops for CPU speed: the demo's targets are small, so a factor-4 search
+            region resized to 64 px loses little).
         data_root: training sequences (a folder with ``train/`` or the sequences themselves), read by the
             ``dataset`` loader; default: the ``pretrain`` split of the demo RGB set (demo data v2, built if absent),
             where the shipped demo tracker was trained.
