@@ -60,6 +60,10 @@ def main(out: str) -> None:
                       srft.prior).state_tensors()
     torch.save({"before": before, "after": engine_state(srft), "fresh": fresh, "params": flat_params(srft)},
                f"{out}/sync_rank{rank}.pt")
+    # leave together and close the gloo group: a process exiting while its peer's gloo threads still run can abort
+    # ("terminate called without an active exception") on a loaded machine
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
