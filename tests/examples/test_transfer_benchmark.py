@@ -43,7 +43,7 @@ def test_tune_stage_reads_validation_only(tiny_data, tmp_path, guarded_splits):
     records = [json.loads(p.read_text()) for p in sorted(out.glob("runs/tune/*/bench.json"))]
     assert len(records) == 6 and {r["seed"] for r in records} == {transfer.TUNING_SEED}
     assert all(Path(r["settings"]["test_root"]).name == "val" for r in records)
-    assert "Tuning, RGBT (validation only)" in (out / "tune.md").read_text()
+    assert "Tuning, RGB-T (validation only)" in (out / "tune.md").read_text()
     # control: the guard does fire when a stage reads the test set
     with pytest.raises(AssertionError, match="held-out split read"):
         transfer.main(quick_args(tiny_data, out, "--stage", "final", "--jobs", "1"))
