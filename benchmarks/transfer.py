@@ -1,102 +1,218 @@
-"""Plasticity vs. stability: SRFT against full fine-tuning, its ablations, L2-SP, EWC, prompt tuning and LoRA.
+"""The decisive benchmark: SRFT against full fine-tuning (with and without early stopping), its two ablations, EWC,
+L2-SP, LoRA and prompt tuning, on demo data v2 (RGB-T, RGB-D, RGB-E), in two stages (docs/benchmarks.md, "Claim under
+test and protocol"):
 
-From the same RGB-pretrained demo tracker, every method fine-tunes on the demo RGB-T, RGB-D and RGB-E tasks; each run
-is evaluated on the target test set (SR / PR / NPR) and, for retention of the RGB skill, on RGB-only test sequences
-fed as [rgb, rgb]. The RGB tracker itself is evaluated once per modality. Mean ± std over seeds go into a Markdown
-table, a JSON file and one plasticity–stability scatter plot per modality (x: RGB SR retained, y: target SR); the
-points of a --sweep are joined by a line, one line per method.
+* **tune**: every method runs the same number of configurations of its own knobs (:data:`TUNING_GRID`) with the
+  tuning seed, scored on validation only: the fine-tuned model on the target ``val`` split and, fed ``[rgb, rgb]``, on
+  the RGB ``val`` split. The selected configuration maximizes the mean of the two SRs (the first in grid order on a
+  tie). The target ``test`` and RGB ``retention`` splits are not read in this stage.
+* **final**: the selected configuration of each method x modality with the final seeds, scored once on the target
+  ``test`` split and on RGB ``retention``; mean (sample SD over seeds) of SR / PR / NPR, paired two-way bootstrap 95 %
+  intervals of the differences against full fine-tuning and the best other method
+  (:func:`~srft_peft.tracking.compare.compare_methods`), and the claim's verdict
+  (:func:`~srft_peft.tracking.compare.decide_claim`). The start row is the converted dual-stream model at step 0.
 
-    python benchmarks/transfer.py --srft prior_rank=8   # the docs' grid: 3 modalities x 8 methods x 3 seeds
-    python benchmarks/transfer.py --quick         # 1 modality x 3 methods x 1 seed, few steps (CI smoke run)
-    python benchmarks/transfer.py --modalities rgbt --seeds 0 --methods srft l2sp ewc \\
-        --sweep lambda_prior 0.03 0.1 0.3 1 3    # trade-off curves of the anchor strength
-    python benchmarks/transfer.py --report        # table and plot of every run already in --out (several sweeps)
+    python benchmarks/transfer.py                 # both stages: 3 modalities x 9 methods (4 configs, then 3 seeds),
+                                                  # 60 steps x 16 pairs, the first 12 frames of every sequence
+    python benchmarks/transfer.py --stage tune    # tuning only: its table and full fine-tuning's validation curves
+    python benchmarks/transfer.py --stage final   # the final stage from the tuning runs found in --out
+    python benchmarks/transfer.py --quick         # CI: tiny data, rgbt x (srft, full, lora) x 1 seed, both stages
 
 Runs go to --jobs worker processes (one thread each). A run whose bench.json in --out records the same settings is
-reused; one with other settings is run again.
+reused; one with other settings is run again. Runs with the same prior (seed, estimator, rank, calibration data)
+share it: the first estimates it, the others load it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
+import math
 import multiprocessing
 import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from srft_peft.checkpoint import ESTIMATION_FIELDS
-from srft_peft.tracking.model import FUSION_INITS
-from srft_peft.tracking.train import (
-    METHODS,
-    SRFT_METHODS,
-    FinetuneConfig,
-    finetune_rgbx,
-    method_srft_config,
-    parse_override,
+from srft_peft.config import SRFTConfig
+from srft_peft.tracking.compare import (
+    compare_methods,
+    decide_claim,
+    format_comparison_table,
+    summarize,
 )
+from srft_peft.tracking.demo_data import default_demo_root, make_demo_dataset
+from srft_peft.tracking.train import FinetuneConfig, finetune_rgbx, method_srft_config
+from srft_peft.tracking.train.config import DEMO_JITTER
 
+MODALITIES = ("rgbt", "rgbd", "rgbe")
+TITLES = {"rgbt": "RGB-T", "rgbd": "RGB-D", "rgbe": "RGB-E"}
+EARLY_STOP = "full-es"  # full fine-tuning, evaluated with the weights of its best validation SR
+BENCH_METHODS = ("srft", "srft-prior-only", "srft-transfer-only", "full", EARLY_STOP, "ewc", "l2sp", "lora", "prompt")
+START = "start (step 0)"
+STAGES = ("tune", "final")
 METRICS = ("SR", "PR", "NPR")
-BASELINE = "start: converted model (step 0)"
+TUNING_SEED = 100
+FINAL_SEEDS = (0, 1, 2)
+CLAIM = {"method": "srft", "reference": "full", "competitors": ("ewc", "lora")}
+
+
+def _grid(**knobs: tuple) -> list[dict[str, Any]]:
+    """Every combination of the knob values, in order (the first knob varies slowest)."""
+    return [dict(zip(knobs, values)) for values in itertools.product(*knobs.values())]
+
+
+# Fixed before running (the protocol): 4 configurations per method, on the method's own knobs. The SRFT family keeps
+# prior_rank=8; the anchor strength lambda_prior takes the same two values for SRFT, EWC and L2-SP.
+SRFT_FIXED = {"prior_rank": 8}
+TUNING_GRID: dict[str, list[dict[str, Any]]] = {
+    "srft": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
+    "srft-prior-only": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
+    "srft-transfer-only": _grid(lr=(1e-4, 3e-4), lambda_transfer=(0.5, 1.0)),
+    "full": _grid(lr=(5e-5, 1e-4, 2e-4, 4e-4)),
+    EARLY_STOP: _grid(lr=(5e-5, 1e-4, 2e-4, 4e-4)),
+    "ewc": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
+    "l2sp": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
+    "lora": _grid(lr=(5e-4, 2e-3), lora_r=(4, 16)),
+    "prompt": _grid(lr=(3e-4, 1e-3, 3e-3, 1e-2)),
+}
+SRFT_FIELDS = {f for f in SRFTConfig.__dataclass_fields__}
+
+
+def library_method(method: str) -> str:
+    """The :data:`~srft_peft.tracking.train.METHODS` entry a benchmark method runs."""
+    return "full" if method == EARLY_STOP else method
+
+
+def knob_settings(method: str, knobs: dict[str, Any]) -> dict[str, Any]:
+    """FinetuneConfig fields of a method's configuration: SRFTConfig knobs go to ``srft_overrides``."""
+    srft = {k: v for k, v in knobs.items() if k in SRFT_FIELDS}
+    settings = {k: v for k, v in knobs.items() if k not in SRFT_FIELDS}
+    if method_srft_config(library_method(method), 1) is not None:
+        settings["srft_overrides"] = {**SRFT_FIXED, **srft}
+    elif srft:
+        raise ValueError(f"TUNING_GRID[{method!r}] sets SRFTConfig fields {sorted(srft)} of a method without SRFT")
+    return settings
+
+
+def knob_label(knobs: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in knobs.items())
 
 
 @dataclass(frozen=True)
 class Run:
-    """One fine-tune: ``label`` is the method, plus ``key=value`` for a sweep point."""
+    """One fine-tune of a stage: benchmark ``method`` with configuration ``knobs`` and ``seed`` on ``modality``."""
 
+    stage: str
     modality: str
     method: str
     seed: int
-    label: str
+    knobs: dict[str, Any] = field(hash=False)
     settings: dict[str, Any] = field(hash=False)
 
     @property
     def folder(self) -> str:
-        return f"{self.modality}-{self.label.replace(' ', '_').replace('=', '')}-seed{self.seed}"
+        label = knob_label(self.knobs).replace(" ", "_").replace("=", "")
+        return f"{self.stage}/{self.modality}-{self.method}-{label}-seed{self.seed}"
 
 
-def plan(args: argparse.Namespace) -> list[Run]:
-    """Every run of the invocation: modality x seed x method (x sweep value for the methods with SRFT)."""
-    common = {"steps": args.steps, "batch_size": args.batch_size, "eval_sequences": args.eval_sequences,
-              "fusion_init": args.fusion_init, **args.set}
-    runs = []
-    for modality in args.modalities:
-        for seed in args.seeds:
-            for method in args.methods:
-                srft = dict(args.srft) if method in SRFT_METHODS else {}
-                points = [(method, srft)]
-                if args.sweep and method in SRFT_METHODS:
-                    key, values = args.sweep[0], args.sweep[1:]
-                    points = [(f"{method} {key}={v}", {**srft, key: parse_override(f"{key}={v}")[1]}) for v in values]
-                for label, overrides in points:
-                    runs.append(Run(modality, method, seed, label, {**common, "srft_overrides": overrides}))
-    return runs
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Data:
+    """Demo data v2 roots: ``rgbx[modality]`` holds train / val / test, ``rgb`` holds pretrain / val / retention;
+    ``rgb_tune`` is a view of ``rgb`` whose test split is RGB val (what the tune stage evaluates retention on)."""
+
+    rgbx: dict[str, Path]
+    rgb: Path
+    rgb_tune: Path
+
+
+def build_data(folder: Path, modalities: list[str], sizes: dict[str, int]) -> Data:
+    """Build (or reuse) the v2 sets under ``folder`` and the tune-stage RGB view (symbolic links)."""
+    rgbx = {m: make_demo_dataset(folder / f"v2_{m}", modality=m, version=2,
+                                 **{k: v for k, v in sizes.items() if k in ("num_train", "num_val", "num_test",
+                                                                            "frames")})
+            for m in modalities}
+    rgb = make_demo_dataset(folder / "v2_rgb", modality="rgb", version=2,
+                            **{k: v for k, v in sizes.items() if k in ("num_pretrain", "num_val", "num_retention",
+                                                                       "frames")})
+    view = folder / "v2_rgb_tune_view"
+    view.mkdir(parents=True, exist_ok=True)
+    for name, target in (("pretrain", rgb / "pretrain"), ("test", rgb / "val")):
+        link = view / name
+        if not (link.is_symlink() and link.resolve() == target.resolve()):
+            link.unlink(missing_ok=True)
+            link.symlink_to(target.resolve(), target_is_directory=True)
+    return Data(rgbx, rgb, view)
+
+
+def stage_splits(stage: str, modality: str, data: Data) -> dict[str, str]:
+    """FinetuneConfig fields of the splits a stage reads. Tune: train, and val as the evaluated set (target val;
+    RGB val through the view); final: train / val / test and RGB retention."""
+    root = data.rgbx[modality]
+    if stage == "tune":
+        return {"train_root": str(root / "train"), "val_root": str(root / "val"), "test_root": str(root / "val"),
+                "rgb_root": str(data.rgb_tune)}
+    return {"data_root": str(root), "rgb_root": str(data.rgb)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Planning and running
+# ----------------------------------------------------------------------------------------------------------------------
+def run_settings(args: argparse.Namespace, data: Data, stage: str, modality: str, method: str,
+                 knobs: dict[str, Any]) -> dict[str, Any]:
+    """Every FinetuneConfig field of a run but method, modality, seed and output folder."""
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "eval_frames": args.eval_frames,
+                "pretrained": args.pretrained, "center_jitter": DEMO_JITTER[0], "scale_jitter": DEMO_JITTER[1],
+                "prior_batches": args.prior_batches, **stage_splits(stage, modality, data), **args.set,
+                **knob_settings(method, knobs)}
+    if method == EARLY_STOP:
+        settings.update(eval_every=args.eval_every, early_stopping=True, val_sequences=args.val_sequences)
+    return settings
+
+
+def plan_tune(args: argparse.Namespace, data: Data) -> list[Run]:
+    return [Run("tune", m, method, args.tune_seed, knobs, run_settings(args, data, "tune", m, method, knobs))
+            for m in args.modalities for method in args.methods for knobs in tuning_grid(args, method)]
+
+
+def plan_final(args: argparse.Namespace, data: Data, chosen: dict[tuple[str, str], dict[str, Any]]) -> list[Run]:
+    return [Run("final", m, method, seed, chosen[m, method], run_settings(args, data, "final", m, method,
+                                                                           chosen[m, method]))
+            for m in args.modalities for seed in args.seeds for method in args.methods]
+
+
+def tuning_grid(args: argparse.Namespace, method: str) -> list[dict[str, Any]]:
+    """The method's configurations (--quick: the first and the last)."""
+    grid = TUNING_GRID[method]
+    return [grid[0], grid[-1]] if args.quick else grid
 
 
 # Settings that do not change the prior: runs differing only in these (and in non-estimation SRFT fields) share one.
-NOT_PRIOR_SETTINGS = ("steps", "eval_sequences", "eval_frames", "lr", "weight_decay", "warmup_steps", "grad_clip",
-                      "lora_r", "lora_alpha", "srft_overrides")
+NOT_PRIOR_SETTINGS = ("steps", "eval_frames", "eval_every", "early_stopping", "val_sequences", "lr", "weight_decay",
+                      "warmup_steps", "grad_clip", "clip_order", "kappa_horizon", "lora_r", "lora_alpha",
+                      "srft_overrides", "data_root", "train_root", "val_root", "test_root")
 
 
 def prior_key(run: Run) -> str | None:
-    """Runs with equal keys estimate the same prior (same tracker, calibration data and seed, estimation fields), so
-    the first one estimates it and the others load it; None for runs without an estimated prior. The calibration set
-    does not depend on the modality when it is the demo RGB set or an --set rgb_root."""
-    cfg = method_srft_config(run.method, run.settings["steps"], run.settings["srft_overrides"])
-    if cfg is None or run.method == "l2sp" or cfg.lambda_prior == 0.0 or run.settings.get("prior") is not None:
+    """Runs with equal keys estimate the same prior (same tracker, RGB calibration data, seed and estimation fields),
+    so the first one estimates it and the others load it; None for runs without an estimated prior."""
+    method = library_method(run.method)
+    cfg = method_srft_config(method, run.settings["steps"], run.settings.get("srft_overrides"))
+    if cfg is None or method == "l2sp" or cfg.lambda_prior == 0.0 or run.settings.get("prior") is not None:
         return None
-    modality_free = run.settings.get("rgb_root") is not None or run.settings.get("pretrained") is None
-    key = {"seed": run.seed, "modality": None if modality_free else run.modality,
-           "estimation": {f: getattr(cfg, f) for f in ESTIMATION_FIELDS},
+    key = {"seed": run.seed, "estimation": {f: getattr(cfg, f) for f in ESTIMATION_FIELDS},
            "settings": {k: v for k, v in run.settings.items() if k not in NOT_PRIOR_SETTINGS}}
     return json.dumps(key, sort_keys=True)
 
@@ -108,28 +224,34 @@ def run_one(run: Run, out: Path, evaluate_baseline: bool, prior_from: Run | None
     cached = folder / "bench.json"
     if cached.exists():
         record = json.loads(cached.read_text())
-        if record.get("settings") == run.settings and (record.get("baseline_target") or not evaluate_baseline):
+        if record.get("settings") == run.settings and (record.get("start_target") or not evaluate_baseline):
             return record
     prior = str(out / "runs" / prior_from.folder / "prior") if prior_from is not None else None
-    cfg = FinetuneConfig(method=run.method, modality=run.modality, seed=run.seed, output_dir=str(folder),
-                         evaluate_rgb=True, evaluate_baseline=evaluate_baseline, report_to=None, save_every=0,
-                         progress=False, num_threads=1, **{"prior": prior, **run.settings})
+    cfg = FinetuneConfig(method=library_method(run.method), modality=run.modality, seed=run.seed,
+                         output_dir=str(folder), evaluate_rgb=True, evaluate_baseline=evaluate_baseline,
+                         report_to=None, save_every=0, progress=False, num_threads=1,
+                         **{"prior": prior, **run.settings})
     t0 = time.perf_counter()
     results = finetune_rgbx(cfg)
-    record = {"modality": run.modality, "method": run.method, "label": run.label, "seed": run.seed,
-              "settings": run.settings, "target": results["metrics"], "rgb": results["rgb_metrics"],
-              "baseline_target": results.get("baseline_metrics"), "baseline_rgb": results.get("baseline_rgb_metrics"),
-              "prior": results["prior"], "train_seconds": results["train_time_s"],
-              "seconds": time.perf_counter() - t0}
+    per_sequence = results["per_sequence"]
+    record = {"stage": run.stage, "modality": run.modality, "method": run.method, "seed": run.seed,
+              "knobs": run.knobs, "settings": run.settings, "target": results["metrics"],
+              "rgb": results["rgb_metrics"], "per_sequence": {"target": per_sequence["test"],
+                                                              "rgb": per_sequence["retention"]},
+              "start_target": per_sequence.get("start_test"), "start_rgb": per_sequence.get("start_retention"),
+              "validation": results["validation"], "final_step": results["final_step"], "prior": results["prior"],
+              "train_seconds": results["train_time_s"], "seconds": time.perf_counter() - t0}
     cached.write_text(json.dumps(record, indent=2))
-    print(f"  {run.modality} {run.label:32s} seed {run.seed}: target SR {100 * record['target']['SR']:5.1f}, "
-          f"RGB SR {100 * record['rgb']['SR']:5.1f} ({record['seconds']:.0f} s)", flush=True)
+    print(f"  {run.stage} {run.modality} {run.method:18s} {knob_label(run.knobs):32s} seed {run.seed}: "
+          f"target SR {100 * record['target']['SR']:5.1f}, RGB SR {100 * record['rgb']['SR']:5.1f} "
+          f"({record['seconds']:.0f} s)", flush=True)
     return record
 
 
-def run_all(runs: list[Run], out: Path, jobs: int) -> list[dict]:
-    """Run (or reuse) every run. The first run of each modality also evaluates the RGB tracker; the first run of each
-    :func:`prior_key` estimates the prior, the others of the key start once it is done and load it."""
+def run_all(runs: list[Run], out: Path, jobs: int, evaluate_start: bool) -> list[dict]:
+    """Run (or reuse) every run. With ``evaluate_start`` the first run of each modality also evaluates the start (the
+    converted model at step 0); the first run of each :func:`prior_key` estimates the prior, the others of the key
+    start once it is done and load it."""
     keys = [prior_key(run) for run in runs]
     provider: dict[str, int] = {}
     first_of_modality: dict[str, int] = {}
@@ -138,9 +260,9 @@ def run_all(runs: list[Run], out: Path, jobs: int) -> list[dict]:
         if key is not None:
             provider.setdefault(key, i)
     source = [provider[key] if key is not None and provider[key] != i else None for i, key in enumerate(keys)]
-    calls = [(run, out, first_of_modality[run.modality] == i, None if source[i] is None else runs[source[i]])
-             for i, run in enumerate(runs)]
-    # providers first (their dependents wait for them), then the rest, longest (prior estimation) first
+    calls = [(run, out, evaluate_start and first_of_modality[run.modality] == i,
+              None if source[i] is None else runs[source[i]]) for i, run in enumerate(runs)]
+    # providers first (their dependents wait for them), then the rest, those estimating a prior first
     order = sorted(range(len(runs)), key=lambda i: (source[i] is not None, keys[i] is None))
     if jobs <= 1:
         records = {i: run_one(*calls[i]) for i in order}
@@ -155,164 +277,242 @@ def run_all(runs: list[Run], out: Path, jobs: int) -> list[dict]:
         return [futures[i].result() for i in range(len(runs))]
 
 
-def report_order(record: dict) -> tuple:
-    """Modality, method (in METHODS order), fewest SRFT overrides first, then by field and numeric value, seed."""
-    overrides = sorted(record["settings"]["srft_overrides"].items())
-    values = [(k, (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v))) for k, v in overrides]
-    return record["modality"], METHODS.index(record["method"]), len(overrides), values, record["seed"]
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage 1: tuning on validation
+# ----------------------------------------------------------------------------------------------------------------------
+def selection_score(record: dict) -> float:
+    """The selection rule: mean of the target-val SR and the RGB-val SR (what a method trades)."""
+    return (record["target"]["SR"] + record["rgb"]["SR"]) / 2
 
 
-def describe(record: dict, with_overrides: bool) -> tuple[str, str]:
-    """(row label, curve) of a run: its label and method, or, for --report, the method with every SRFT override
-    spelled out and a curve per method and set of overridden fields (so each sweep is one line)."""
-    if not with_overrides:
-        return record["label"], record["method"]
-    overrides = sorted(record["settings"]["srft_overrides"].items())
-    return (record["method"] + "".join(f" {k}={v}" for k, v in overrides),
-            record["method"] + "".join(f" {k}" for k, _ in overrides))
-
-
-def aggregate(records: list[dict], with_overrides: bool = False) -> dict:
-    """{modality: {label: {"target": {metric: (mean, std)}, "rgb": {...}, "n": seeds, "curve": ...}}}, the RGB
-    tracker first."""
-    table: dict = {}
+def select(records: list[dict]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The configuration of best :func:`selection_score` per (modality, method); the first in grid order on ties."""
+    best: dict[tuple[str, str], dict] = {}
     for r in records:
-        methods = table.setdefault(r["modality"], {BASELINE: {"target": {}, "rgb": {}, "n": 0}})
-        if r["baseline_target"] and not methods[BASELINE]["n"]:
-            methods[BASELINE] = {"target": {m: [r["baseline_target"][m]] for m in METRICS},
-                                 "rgb": {m: [r["baseline_rgb"][m]] for m in METRICS}, "n": 1}
-        label, curve = describe(r, with_overrides)
-        row = methods.setdefault(label, {"target": {}, "rgb": {}, "n": 0, "method": r["method"], "curve": curve})
-        row["n"] += 1
-        for domain in ("target", "rgb"):
-            for m in METRICS:
-                row[domain].setdefault(m, []).append(r[domain][m])
-    for methods in table.values():
-        for row in methods.values():
-            for domain in ("target", "rgb"):
-                row[domain] = {m: (float(np.mean(v)), float(np.std(v))) for m, v in row[domain].items()}
-    return table
+        key = (r["modality"], r["method"])
+        if key not in best or selection_score(r) > selection_score(best[key]):
+            best[key] = r
+    return {key: r["knobs"] for key, r in best.items()}
 
 
-def markdown(table: dict) -> str:
+def tuning_report(records: list[dict], chosen: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """Markdown: every configuration's validation scores (the chosen one marked) and the validation curves of
+    full fine-tuning (the early-stopping runs record them: they train exactly as ``full``)."""
     lines = []
-    for modality, methods in table.items():
-        lines += [f"### {modality.upper()}", "",
-                  "| method | target SR | target PR | target NPR | RGB SR (retention) | RGB PR | seeds |",
-                  "|---|---|---|---|---|---|---|"]
-        for label, row in methods.items():
-            if not row["n"]:
-                continue
-            cells = [f"{100 * row['target'][m][0]:.1f} ± {100 * row['target'][m][1]:.1f}" for m in METRICS]
-            cells += [f"{100 * row['rgb'][m][0]:.1f} ± {100 * row['rgb'][m][1]:.1f}" for m in ("SR", "PR")]
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['n']} |")
+    for modality in dict.fromkeys(r["modality"] for r in records):
+        lines += [f"### Tuning, {TITLES[modality]} (validation only)", "",
+                  "| method | configuration | target val SR | RGB val SR | score | chosen |", "|---|---|---|---|---|---|"]
+        for r in (r for r in records if r["modality"] == modality):
+            mark = "✓" if chosen[modality, r["method"]] == r["knobs"] else ""
+            lines.append(f"| {r['method']} | {knob_label(r['knobs'])} | {100 * r['target']['SR']:.1f} | "
+                         f"{100 * r['rgb']['SR']:.1f} | {100 * selection_score(r):.1f} | {mark} |")
         lines.append("")
+        curves = [r for r in records if r["modality"] == modality and r["validation"]]
+        if curves:
+            lines += [f"Validation SR of full fine-tuning during training ({TITLES[modality]}, target val; "
+                      "step: SR %; * = best):", ""]
+            for r in curves:
+                points = ", ".join(f"{e['step']}: {100 * e['SR']:.1f}{'*' if e['step'] == r['final_step'] else ''}"
+                                   for e in r["validation"]["history"])
+                lines.append(f"- {knob_label(r['knobs'])}: {points}")
+            lines.append("")
     return "\n".join(lines)
 
 
-def scatter(table: dict, path: Path) -> None:
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage 2: final runs on test and retention
+# ----------------------------------------------------------------------------------------------------------------------
+def runs_by_method(records: list[dict], modality: str, domain: str) -> dict[str, dict[int, Any]]:
+    """``{method: {seed: per-sequence scores}}`` of one modality's final runs on ``domain`` ("target" / "rgb"), the
+    start first (scored once)."""
+    mine = [r for r in records if r["modality"] == modality]
+    start = next(r[f"start_{domain}"] for r in mine if r.get(f"start_{domain}"))
+    runs: dict[str, dict[int, Any]] = {START: {0: start}}
+    for r in mine:
+        runs.setdefault(r["method"], {})[r["seed"]] = r["per_sequence"][domain]
+    return runs
+
+
+def final_report(records: list[dict], resamples: int) -> tuple[str, dict]:
+    """Markdown tables per modality, the claim's verdict, and the numbers behind them."""
+    modalities = list(dict.fromkeys(r["modality"] for r in records))
+    target = {m: runs_by_method(records, m, "target") for m in modalities}
+    retention = {m: runs_by_method(records, m, "rgb") for m in modalities}
+    lines, numbers = [], {}
+    for m in modalities:
+        rows = compare_methods(target[m], retention[m], reference=CLAIM["reference"], baselines=(START,),
+                               metrics=METRICS, n_resamples=resamples)
+        config = {r["method"]: knob_label(r["knobs"]) for r in records if r["modality"] == m}
+        lines += [f"### {TITLES[m]} (test: {rows[0].target['SR'].n_sequences} sequences; retention: "
+                  f"{rows[0].retention.n_sequences} RGB sequences)", "", format_comparison_table(rows), "",
+                  "Configurations (chosen on validation): "
+                  + "; ".join(f"{k}: {v or 'none'}" for k, v in config.items()), ""]
+        numbers[m] = {"target": {metric: {k: dataclasses.asdict(v) for k, v in summarize(target[m], metric).items()}
+                                 for metric in METRICS},
+                      "retention": {k: dataclasses.asdict(v) for k, v in summarize(retention[m], "SR").items()}}
+    names = set(target[modalities[0]])
+    verdict = None
+    if {CLAIM["method"], CLAIM["reference"]} <= names:  # the competitors that ran (all of them in the full grid)
+        competitors = tuple(c for c in CLAIM["competitors"] if c in names)
+        verdict = decide_claim(target, retention, method=CLAIM["method"], reference=CLAIM["reference"],
+                               competitors=competitors, min_modalities=min(2, len(modalities)), n_resamples=resamples)
+        lines += ["### Verdict", "", "```", str(verdict), "```", ""]
+    return "\n".join(lines), {"tables": numbers, "verdict": None if verdict is None else str(verdict)}
+
+
+def scatter(records: list[dict], out: Path) -> list[Path]:
+    """One plot per modality: target SR against retention SR, mean over seeds with the sample SD as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(table), figsize=(5.2 * len(table) + 2.6, 4.4), squeeze=False)
-    for ax, (modality, methods) in zip(axes[0], table.items()):
-        curves: dict[str, list] = {}
-        for label, row in methods.items():
-            if row["n"]:
-                curves.setdefault(row.get("curve", label), []).append(row)
-        colors = plt.get_cmap("tab20").colors
-        for i, (curve, rows) in enumerate(curves.items()):
-            rows = sorted(rows, key=lambda r: r["rgb"]["SR"][0])
-            xs = [100 * r["rgb"]["SR"][0] for r in rows]
-            ys = [100 * r["target"]["SR"][0] for r in rows]
-            # SRFT's family as stars, the RGB tracker as a black cross, every other method as a circle
-            marker = "*" if curve.startswith("srft") else "X" if curve == BASELINE else "o"
-            color = "black" if curve == BASELINE else colors[(2 * i) % 20 + (2 * i) // 20 % 2]
-            ax.errorbar(xs, ys, xerr=[100 * r["rgb"]["SR"][1] for r in rows],
-                        yerr=[100 * r["target"]["SR"][1] for r in rows], fmt=marker, color=color,
-                        ms=11 if marker == "*" else 7, capsize=3, label=curve)
-            if len(rows) > 1:
-                ax.plot(xs, ys, "-", color=color, alpha=0.6)
-        ax.set_xlabel("RGB SR after fine-tuning (stability)")
-        ax.set_ylabel(f"{modality.upper()} SR (plasticity)")
-        ax.set_title(f"demo {modality.upper()}")
+    paths = []
+    for m in dict.fromkeys(r["modality"] for r in records):
+        target = summarize(runs_by_method(records, m, "target"), "SR")
+        retention = summarize(runs_by_method(records, m, "rgb"), "SR")
+        fig, ax = plt.subplots(figsize=(6.6, 4.4))
+        colors = plt.get_cmap("tab10").colors
+        for i, name in enumerate(target):
+            t, r = target[name], retention[name]
+            marker = "X" if name == START else "*" if name.startswith("srft") else "o"
+            ax.errorbar(100 * r.mean, 100 * t.mean, xerr=0 if math.isnan(r.sd) else 100 * r.sd,
+                        yerr=0 if math.isnan(t.sd) else 100 * t.sd, fmt=marker, capsize=3, label=name,
+                        color="black" if name == START else colors[i % 10], ms=12 if marker == "*" else 7)
+        ax.set_xlabel("RGB retention SR (%)")
+        ax.set_ylabel(f"{TITLES[m]} test SR (%)")
+        ax.set_title(f"demo v2 {TITLES[m]}: mean ± SD over seeds (start: step 0)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        fig.tight_layout()
+        paths.append(out / f"transfer_{m}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------------
+def shipped_tracker() -> str | None:
+    """The demo RGB tracker shipped with the package (checksums verified), or None when this version has none."""
+    try:
+        from srft_peft.tracking.demo_tracker import DEMO_TRACKER_DIR, verify_checksums
+    except ImportError:
+        return None
+    verify_checksums(DEMO_TRACKER_DIR)
+    return str(DEMO_TRACKER_DIR)
+
+
+QUICK_SIZES = {"num_train": 2, "num_val": 2, "num_test": 2, "num_pretrain": 2, "num_retention": 2, "frames": 6}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    defaults = FinetuneConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modalities", nargs="+", default=["rgbt", "rgbd", "rgbe"], choices=["rgbt", "rgbd", "rgbe"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 40; --quick: 8)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="pairs per step")
-    parser.add_argument("--eval-sequences", type=int, default=None, help="evaluate on the first N test sequences")
-    parser.add_argument("--fusion-init", default="identity", choices=list(FUSION_INITS),
-                        help="how the dual-stream fusion blocks start (see OSTrackRGBX.init_from_rgb)")
-    parser.add_argument("--srft", nargs="*", default=[], type=parse_override,
-                        help="SRFTConfig overrides for the methods with SRFT, e.g. lambda_prior=3.0 prior_rank=16")
-    parser.add_argument("--sweep", nargs="+", metavar=("KEY", "VALUE"), default=None,
-                        help="an SRFTConfig field and its values: one run per value for each method with SRFT")
-    parser.add_argument("--set", nargs="*", default=[], type=parse_override, metavar="KEY=VALUE",
-                        help="other FinetuneConfig fields of every run, e.g. data_root=... pretrained=... lr=3e-4")
+    parser.add_argument("--stage", default="both", choices=["both", *STAGES])
+    parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=list(MODALITIES))
+    parser.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=list(BENCH_METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(FINAL_SEEDS), help="final-stage seeds")
+    parser.add_argument("--tune-seed", type=int, default=TUNING_SEED, help="the tuning stage's seed")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 60; --quick: 2)")
+    parser.add_argument("--batch-size", type=int, default=16, help="pairs per step")
+    parser.add_argument("--prior-batches", type=int, default=8, help="calibration batches of the prior")
+    parser.add_argument("--eval-frames", type=int, default=12, help="evaluate the first N frames of each sequence "
+                        "(0: every frame; --quick: 6)")
+    parser.add_argument("--eval-every", type=int, default=None, help="full-es: validate every N steps (default 10)")
+    parser.add_argument("--val-sequences", type=int, default=None, help="full-es: validate on the first N val "
+                        "sequences (default: all)")
+    parser.add_argument("--pretrained", default=None, help="RGB tracker folder (default: the shipped demo tracker)")
+    parser.add_argument("--data-dir", default=None, help="where the demo v2 sets are built (default: the demo root; "
+                        "--quick: OUT/data)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", type=_override,
+                        help="other FinetuneConfig fields of every run, e.g. clip_order=task")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
-    parser.add_argument("--quick", action="store_true", help="rgbt, srft/full/lora, one seed, 8 steps, 1 sequence")
-    parser.add_argument("--report", action="store_true",
-                        help="run nothing: table and plot of every run found under --out/runs (rows name their "
-                        "SRFT overrides; one curve per method and overridden fields)")
+    parser.add_argument("--quick", action="store_true", help="tiny data, rgbt x (srft, full, lora), 2 configurations "
+                        "each, 1 seed, 2 steps of 4 pairs")
     parser.add_argument("--out", default="outputs/bench_transfer")
     args = parser.parse_args(argv)
     if args.quick:
         args.modalities, args.methods, args.seeds = ["rgbt"], ["srft", "full", "lora"], [0]
-        args.steps, args.eval_sequences = args.steps or 8, args.eval_sequences or 1
-    args.steps = args.steps or 40
-    if args.sweep is not None and len(args.sweep) < 2:
-        parser.error("--sweep needs a key and at least one value, e.g. --sweep lambda_prior 0.1 1")
-    args.srft, args.set = dict(args.srft), dict(args.set)
-    fixed = {"method", "modality", "seed", "output_dir", "srft_overrides", "evaluate_rgb", "evaluate_baseline"}
-    known = {f.name for f in dataclasses.fields(FinetuneConfig)} - fixed
-    unknown = sorted(set(args.set) - known)
+        args.steps, args.eval_frames, args.resamples = args.steps or 2, 6, min(args.resamples, 500)
+        args.batch_size, args.prior_batches = min(args.batch_size, 4), 1
+    args.steps = args.steps or 60
+    args.eval_frames = args.eval_frames or None
+    args.eval_every = args.eval_every or 10
+    args.set = dict(args.set)
+    blocked = {"method", "modality", "seed", "output_dir", "evaluate_rgb", "evaluate_baseline", "srft_overrides",
+               "data_root", "train_root", "val_root", "test_root", "rgb_root", "lr", "lora_r"}
+    unknown = sorted(set(args.set) - (set(FinetuneConfig.__dataclass_fields__) - blocked))
     if unknown:
-        parser.error(f"--set: {unknown} are not FinetuneConfig fields this script lets you set; choose from "
-                     f"{sorted(known)}")
+        parser.error(f"--set: {unknown} are not FinetuneConfig fields this script lets you set (the splits, method, "
+                     "seed and tuned knobs are the protocol's)")
+    if args.pretrained is None:
+        args.pretrained = shipped_tracker()
+        if args.pretrained is None:
+            parser.error("--pretrained: no shipped demo tracker in this version of srft_peft; give an RGB tracker "
+                         "folder")
     return args
+
+
+def _override(text: str) -> tuple[str, Any]:
+    from srft_peft.tracking.train import parse_override
+
+    return parse_override(text)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(args.data_dir) if args.data_dir else out / "data" if args.quick else default_demo_root()
+    data = build_data(data_dir, args.modalities, QUICK_SIZES if args.quick else {})
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPU(s), {args.jobs} worker process(es) x 1 thread, "
+               f"torch {torch.__version__}")
+    result: dict[str, Any] = {"machine": machine, "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}
+    recipe = (f"{args.steps} steps x {args.batch_size} pairs, eval_frames={args.eval_frames or 'all'}, full-es "
+              f"validates every {args.eval_every} steps; tracker {args.pretrained}; --set {args.set or 'none'}")
+
     t0 = time.perf_counter()
-    if args.report:
-        records = sorted((json.loads(p.read_text()) for p in out.glob("runs/*/bench.json")), key=report_order)
-        if not records:
-            raise SystemExit(f"--report: no runs under {out / 'runs'}")
-        settings = sorted({json.dumps({k: v for k, v in r["settings"].items() if k != "srft_overrides"}, sort_keys=True)
-                           for r in records})
-        header = f"Report of {len(records)} runs in {out / 'runs'}; settings {'; '.join(settings)}.\n"
+    tune_runs = plan_tune(args, data)
+    if args.stage in ("both", "tune"):
+        print(f"tune: {len(tune_runs)} runs on {args.jobs} worker(s), seed {args.tune_seed}; {recipe}", flush=True)
+        tune_records = run_all(tune_runs, out, args.jobs, evaluate_start=False)
     else:
-        runs = plan(args)
-        print(f"{len(runs)} runs on {args.jobs} worker(s), {args.steps} steps x {args.batch_size} pairs each")
-        records = run_all(runs, out, args.jobs)
-        header = (f"Measured {date.today()} on {platform.machine()} ({args.jobs} worker process(es), 1 thread each), "
-                  f"torch {torch.__version__}; {len(args.seeds)} seed(s), {args.steps} steps x {args.batch_size} pairs "
-                  f"per run, fusion_init={args.fusion_init}; SRFT overrides {args.srft or 'none'}"
-                  f"{f'; sweep {args.sweep[0]}' if args.sweep else ''}; total {time.perf_counter() - t0:.0f} s.\n")
-    table = aggregate(records, with_overrides=args.report)
-    text = header + "\n" + markdown(table)
-    (out / "transfer.md").write_text(text)
-    (out / "transfer.json").write_text(json.dumps({"records": records, "table": table}, indent=2))
-    scatter(table, out / "transfer_scatter.png")
-    print(text)
-    print(f"wrote {out / 'transfer.md'}, {out / 'transfer.json'}, {out / 'transfer_scatter.png'}")
-    return table
+        tune_records = [json.loads((out / "runs" / r.folder / "bench.json").read_text()) for r in tune_runs
+                        if (out / "runs" / r.folder / "bench.json").is_file()]
+        if len(tune_records) < len(tune_runs):
+            raise SystemExit(f"--stage final: {len(tune_runs) - len(tune_records)} tuning runs missing under "
+                             f"{out / 'runs' / 'tune'}; run --stage tune first")
+    chosen = select(tune_records)
+    # wall time of the tune stage when it ran now; otherwise None (its runs were reused), with the runs' own times
+    result["tune_seconds"] = time.perf_counter() - t0 if args.stage != "final" else None
+    result["tune_run_seconds"] = sum(r["seconds"] for r in tune_records)
+    tune_text = tuning_report(tune_records, chosen)
+    (out / "tune.md").write_text(tune_text)
+    result["chosen"] = {f"{m} {method}": knobs for (m, method), knobs in chosen.items()}
+    print(tune_text)
+    if args.stage == "tune":
+        (out / "transfer.json").write_text(json.dumps(result, indent=2))
+        return result
+
+    t1 = time.perf_counter()
+    final_runs = plan_final(args, data, chosen)
+    print(f"final: {len(final_runs)} runs on {args.jobs} worker(s), seeds {args.seeds}", flush=True)
+    final_records = run_all(final_runs, out, args.jobs, evaluate_start=True)
+    result["final_seconds"] = time.perf_counter() - t1
+    text, numbers = final_report(final_records, args.resamples)
+    result.update(numbers)
+    tune_wall = "run separately" if result["tune_seconds"] is None else f"{result['tune_seconds']:.0f} s wall"
+    header = (f"Measured {result['date']} on {machine}; {recipe}. Tune stage {tune_wall} ({len(tune_runs)} runs, "
+              f"{result['tune_run_seconds']:.0f} s summed over runs), final stage {result['final_seconds']:.0f} s wall "
+              f"({len(final_runs)} runs).\n")
+    (out / "transfer.md").write_text(header + "\n" + text)
+    result["plots"] = [str(p) for p in scatter(final_records, out)]
+    (out / "transfer.json").write_text(json.dumps(result, indent=2))
+    print(header + "\n" + text)
+    print(f"wrote {out / 'tune.md'}, {out / 'transfer.md'}, {out / 'transfer.json'}, {', '.join(result['plots'])}")
+    return result
 
 
 if __name__ == "__main__":

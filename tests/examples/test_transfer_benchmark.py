@@ -1,76 +1,112 @@
-"""benchmarks/transfer.py --quick end to end on the tiny demo sets: runs in worker processes, the RGB tracker
-evaluated once, the table, the JSON and the plot written, results reused when the settings match and rerun when not."""
+"""benchmarks/transfer.py: the two-stage protocol on tiny demo v2 sets. The tune stage reads validation only and
+selects by the stated rule with an equal budget per method; the final stage runs the chosen configurations, writes
+the tables with intervals, the verdict and the plots, and reuses runs whose settings match."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+import srft_peft.tracking.train.data as train_data
 from benchmarks import transfer
 
 
 def quick_args(tiny_data, out, *extra: str) -> list[str]:
-    return ["--quick", "--jobs", "2", "--out", str(out), "--srft", "prior_rank=4", "--set",
-            f"data_root={tiny_data['rgbt']}", f"pretrained={tiny_data['tracker']}", f"rgb_root={tiny_data['rgb']}",
-            "batch_size=2", "prior_batches=1", "eval_frames=6", *extra]
+    return ["--quick", "--out", str(out), "--pretrained", str(tiny_data["tracker"]), *extra]
+
+
+@pytest.fixture
+def guarded_splits(monkeypatch) -> list[str]:
+    """Make reading a target test split or the RGB retention split raise (in this process: use --jobs 1); returns
+    the folders read."""
+    read: list[str] = []
+    original = train_data.load_dataset
+
+    def load_dataset(name, root, *args, **kwargs):
+        folder = Path(root).resolve()
+        read.append(folder.name)
+        if folder.name in ("test", "retention"):
+            raise AssertionError(f"held-out split read: {folder}")
+        return original(name, root, *args, **kwargs)
+
+    monkeypatch.setattr(train_data, "load_dataset", load_dataset)
+    return read
+
+
+def test_tune_stage_reads_validation_only(tiny_data, tmp_path, guarded_splits):
+    out = tmp_path / "bench"
+    result = transfer.main(quick_args(tiny_data, out, "--stage", "tune", "--jobs", "1"))
+    assert set(guarded_splits) == {"train", "val", "pretrain"}  # the RGB "test" of the tune view is RGB val
+    assert set(result["chosen"]) == {"rgbt srft", "rgbt full", "rgbt lora"}
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("runs/tune/*/bench.json"))]
+    assert len(records) == 6 and {r["seed"] for r in records} == {transfer.TUNING_SEED}
+    assert all(Path(r["settings"]["test_root"]).name == "val" for r in records)
+    assert "Tuning, RGB-T (validation only)" in (out / "tune.md").read_text()
+    # control: the guard does fire when a stage reads the test set
+    with pytest.raises(AssertionError, match="held-out split read"):
+        transfer.main(quick_args(tiny_data, out, "--stage", "final", "--jobs", "1"))
 
 
 @pytest.mark.subprocess  # worker processes (--jobs 2)
-def test_quick_run(tiny_data, tmp_path, capsys):
+def test_quick_run_both_stages(tiny_data, tmp_path):
     out = tmp_path / "bench"
-    table = transfer.main(quick_args(tiny_data, out, "--steps", "2"))
-    rows = table["rgbt"]
-    assert list(rows) == [transfer.BASELINE, "srft", "full", "lora"]
-    assert all(row["n"] == 1 for row in rows.values())
-    for row in rows.values():
-        assert set(row["target"]) == set(row["rgb"]) == {"SR", "PR", "NPR"}
-        assert all(0.0 <= mean <= 1.0 and std == 0.0 for mean, std in row["target"].values())
-    records = json.loads((out / "transfer.json").read_text())["records"]
-    assert [r["baseline_target"] is not None for r in records] == [True, False, False]  # the RGB tracker once
-    assert {r["settings"]["steps"] for r in records} == {2}
-    assert (out / "transfer_scatter.png").stat().st_size > 0
-    assert "| srft |" in (out / "transfer.md").read_text()
+    result = transfer.main(quick_args(tiny_data, out, "--jobs", "2"))
+    final = [json.loads(p.read_text()) for p in sorted(out.glob("runs/final/*/bench.json"))]
+    assert sorted(r["method"] for r in final) == ["full", "lora", "srft"]
+    for r in final:  # the final runs use the configuration chosen on validation, and read the test sets
+        assert r["knobs"] == result["chosen"][f"rgbt {r['method']}"]
+        assert Path(r["settings"]["data_root"]).name == "v2_rgbt" and r["seed"] == 0
+    assert sum(r["start_target"] is not None for r in final) == 1  # the start is scored once
+    text = (out / "transfer.md").read_text()
+    assert "| start (step 0) |" in text and "Δ target SR vs full [95 % CI]" in text
+    assert "### Verdict" in text and result["verdict"].startswith("claim for 'srft': ")
+    assert set(result["tables"]["rgbt"]["target"]["SR"]) == {transfer.START, "srft", "full", "lora"}
+    assert (out / "transfer_rgbt.png").stat().st_size > 0
+    assert "Tune stage" in text.splitlines()[0] and "final stage" in text.splitlines()[0]
 
-    # same settings: every run is reused (bench.json untouched); other settings: run again
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/bench.json")}
-    transfer.main(quick_args(tiny_data, out, "--steps", "2", "--jobs", "1"))
-    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/bench.json")} == stamps
-    capsys.readouterr()
-    transfer.main(quick_args(tiny_data, out, "--steps", "3", "--jobs", "1", "--methods", "full", "srft",
-                             "--sweep", "lambda_prior", "0.5", "2"))
-    assert "rgbt full" in capsys.readouterr().out
-    assert json.loads((out / "runs" / "rgbt-full-seed0" / "bench.json").read_text())["settings"]["steps"] == 3
-    # the two sweep points share one prior: the first estimates it, the second loads it
-    first, second = (json.loads((out / "runs" / f"rgbt-srft_lambda_prior{v}-seed0" / "bench.json").read_text())
-                     for v in ("0.5", "2"))
-    assert first["prior"].startswith("estimated")
-    assert second["prior"] == f"loaded: {out / 'runs' / 'rgbt-srft_lambda_prior0.5-seed0' / 'prior'}"
-
-    # --report runs nothing: it tables every run found, naming each row's SRFT overrides
-    report = transfer.main(["--report", "--out", str(out)])["rgbt"]
-    assert list(report) == [transfer.BASELINE, "srft prior_rank=4", "srft lambda_prior=0.5 prior_rank=4",
-                            "srft lambda_prior=2 prior_rank=4", "full", "lora"]
-    assert "total" not in (out / "transfer.md").read_text().splitlines()[0]
+    # same settings: every run is reused (bench.json untouched)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/bench.json")}
+    transfer.main(quick_args(tiny_data, out, "--jobs", "1"))
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/bench.json")} == stamps
 
 
-def test_sweep_and_bad_flags(tiny_data, tmp_path):
-    args = transfer.parse_args(["--methods", "srft", "full", "--seeds", "0", "--modalities", "rgbt",
-                                "--sweep", "lambda_prior", "0.1", "1"])
-    labels = [run.label for run in transfer.plan(args)]
-    assert labels == ["srft lambda_prior=0.1", "srft lambda_prior=1", "full"]
-    runs = transfer.plan(args)
-    assert runs[0].settings["srft_overrides"] == {"lambda_prior": 0.1}
-    # lambda is not an estimation field: both points share a prior; other seeds, ranks or methods do not
-    assert transfer.prior_key(runs[0]) == transfer.prior_key(runs[1]) is not None
-    assert transfer.prior_key(runs[2]) is None  # full
-    other = transfer.plan(transfer.parse_args(["--methods", "srft", "ewc", "l2sp", "srft-transfer-only", "--seeds", "1",
-                                               "--modalities", "rgbt", "rgbd", "--srft", "prior_rank=4"]))
-    keys = {(r.modality, r.method): transfer.prior_key(r) for r in other}
-    assert keys[("rgbt", "srft")] == keys[("rgbd", "srft")]  # the demo RGB set calibrates every modality
-    assert len({keys[("rgbt", "srft")], keys[("rgbt", "ewc")], transfer.prior_key(runs[0])}) == 3
-    assert keys[("rgbt", "l2sp")] is None and keys[("rgbt", "srft-transfer-only")] is None
+def test_selection_rule_and_budget():
+    def record(method, lr, target, rgb):
+        return {"modality": "rgbt", "method": method, "knobs": {"lr": lr}, "target": {"SR": target},
+                "rgb": {"SR": rgb}}
+
+    records = [record("full", 1, 0.6, 0.1), record("full", 2, 0.4, 0.4), record("full", 3, 0.3, 0.5),
+               record("ewc", 1, 0.5, 0.5), record("ewc", 2, 0.6, 0.4)]
+    # mean of target-val and RGB-val SR; the first configuration in grid order on a tie
+    assert transfer.select(records) == {("rgbt", "full"): {"lr": 2}, ("rgbt", "ewc"): {"lr": 1}}
+    assert set(transfer.TUNING_GRID) == set(transfer.BENCH_METHODS)
+    assert {len(grid) for grid in transfer.TUNING_GRID.values()} == {4}  # the same budget for every method
+    assert all("lr" in knobs for grid in transfer.TUNING_GRID.values() for knobs in grid)
+
+
+def test_plan_and_prior_sharing(tiny_data, tmp_path):
+    args = transfer.parse_args(quick_args(tiny_data, tmp_path, "--methods", "srft", "full"))
+    args.methods = ["srft", "srft-prior-only", "ewc", "l2sp", "srft-transfer-only", transfer.EARLY_STOP]
+    data = transfer.Data({"rgbt": tmp_path / "v2_rgbt"}, tmp_path / "v2_rgb", tmp_path / "view")
+    runs = {(r.method, r.knobs["lr"]): r for r in transfer.plan_tune(args, data)}
+    srft, prior_only = runs["srft", 1e-4], runs["srft-prior-only", 3e-4]
+    assert srft.settings["srft_overrides"] == {"prior_rank": 8, "lambda_prior": 1.0}
+    # lr, lambda and the transfer term do not change the prior; the estimator does; L2-SP / transfer-only have none
+    assert transfer.prior_key(srft) == transfer.prior_key(prior_only) is not None
+    assert transfer.prior_key(runs["ewc", 1e-4]) not in (None, transfer.prior_key(srft))
+    assert transfer.prior_key(runs["l2sp", 1e-4]) is None
+    assert transfer.prior_key(runs["srft-transfer-only", 1e-4]) is None
+    early = runs[transfer.EARLY_STOP, 5e-5]
+    assert early.settings["early_stopping"] and early.settings["eval_every"] == 10
+    assert transfer.library_method(early.method) == "full"
+
+
+def test_bad_flags(tiny_data, tmp_path):
     with pytest.raises(SystemExit):
         transfer.parse_args(["--set", "not_a_field=1"])
     with pytest.raises(SystemExit):
-        transfer.parse_args(["--sweep", "lambda_prior"])
+        transfer.parse_args(["--set", "test_root=/tmp", "--pretrained", str(tiny_data["tracker"])])  # the protocol's
+    with pytest.raises(SystemExit, match="tuning runs missing"):
+        transfer.main(quick_args(tiny_data, tmp_path / "empty", "--stage", "final"))
