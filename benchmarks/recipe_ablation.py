@@ -8,12 +8,14 @@ on validation only: target ``val`` SR and, fed ``[rgb, rgb]``, RGB ``val`` SR; t
 Same steps, sizes, data and seeds as the tune stage (seed 100, plus 101 by default); runs are the tune stage's
 (:func:`benchmarks.transfer.run_one`), so a default-row run already in ``--out`` with the same settings is reused.
 Writes ``recipe_ablation.md`` / ``.json`` to ``--out``: per modality, each row's mean over seeds, its paired
-difference to the default row, and ``transfer_share`` (the lr-weighted share of the update the transfer term acts on).
+differences to the default row (score per seed; target-val and RGB-val SR with two-way bootstrap 95 % intervals over
+seeds x validation sequences), and ``transfer_share`` (the lr-weighted share of the update the transfer term acts on).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,6 +37,7 @@ from benchmarks.transfer import (
     selection_score,
     shipped_tracker,
 )
+from srft_peft.tracking.compare import paired_difference
 from srft_peft.tracking.demo_data import default_demo_root
 from srft_peft.tracking.train import FinetuneConfig
 
@@ -90,39 +93,53 @@ def transfer_share(out: Path, run: Run) -> float | None:
     return json.loads((out / "runs" / run.folder / "results.json").read_text()).get("transfer_share")
 
 
-def summarize_rows(entries: list[dict]) -> dict[str, list[dict]]:
+def summarize_rows(entries: list[dict], resamples: int = 10_000) -> dict[str, list[dict]]:
     """Per modality, per row (in :data:`ROWS` order): mean over seeds of target-val SR, RGB-val SR, score and
-    transfer_share, and the per-seed score differences to the default row of the same seed. ``entries``: dicts with
-    modality, row, seed, target_sr, rgb_sr, score, transfer_share."""
+    transfer_share; the per-seed score differences to the default row of the same seed; and the paired two-way
+    bootstrap intervals (:func:`~srft_peft.tracking.compare.paired_difference`, over seeds x validation sequences) of
+    the target-val and RGB-val SR differences to the default row. ``entries``: dicts with modality, row, seed,
+    target_sr, rgb_sr, score, transfer_share and the per-sequence scores ``target_seq`` / ``rgb_seq``."""
     table: dict[str, list[dict]] = {}
     for m in dict.fromkeys(e["modality"] for e in entries):
         mine = [e for e in entries if e["modality"] == m]
-        default = {e["seed"]: e["score"] for e in mine if e["row"] == DEFAULT}
+        default = {e["seed"]: e for e in mine if e["row"] == DEFAULT}
         rows = []
         for row in (r for r in ROWS if any(e["row"] == r for e in mine)):
-            runs = sorted((e for e in mine if e["row"] == row), key=lambda e: e["seed"])
+            runs = sorted((e for e in mine if e["row"] == row and e["seed"] in default), key=lambda e: e["seed"])
             shares = [e["transfer_share"] for e in runs if e["transfer_share"] is not None]
-            rows.append({"row": row, "seeds": [e["seed"] for e in runs],
-                         **{k: sum(e[k] for e in runs) / len(runs) for k in ("target_sr", "rgb_sr", "score")},
-                         "transfer_share": sum(shares) / len(shares) if shares else None,
-                         "delta": [e["score"] - default[e["seed"]] for e in runs if e["seed"] in default]})
+            summary = {"row": row, "seeds": [e["seed"] for e in runs],
+                       **{k: sum(e[k] for e in runs) / len(runs) for k in ("target_sr", "rgb_sr", "score")},
+                       "transfer_share": sum(shares) / len(shares) if shares else None,
+                       "delta": [e["score"] - default[e["seed"]]["score"] for e in runs]}
+            if row != DEFAULT:
+                for side in ("target", "rgb"):
+                    diff = paired_difference({e["seed"]: e[f"{side}_seq"] for e in runs},
+                                             {e["seed"]: default[e["seed"]][f"{side}_seq"] for e in runs},
+                                             labels=(row, DEFAULT), n_resamples=resamples)
+                    summary[f"{side}_delta"] = dataclasses.asdict(diff)
+            rows.append(summary)
         table[m] = rows
     return table
 
 
+def _interval(d: dict | None) -> str:
+    return "—" if d is None else f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
 def format_table(rows: list[dict]) -> str:
-    """Markdown: SRs in %, Δ = mean paired score difference to the default row (per seed in brackets)."""
-    lines = ["| row | target val SR | RGB val SR | score (mean) | Δ score vs default | transfer_share |",
-             "|---|---|---|---|---|---|"]
+    """Markdown: SRs in %; Δ score = mean paired score difference to the default row (per seed in brackets); Δ target
+    / RGB = paired differences of the SRs with their 95 % bootstrap interval."""
+    lines = ["| row | target val SR | RGB val SR | score (mean) | Δ score vs default | Δ target val SR [95 % CI] | "
+             "Δ RGB val SR [95 % CI] | transfer_share |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["row"] == DEFAULT or not r["delta"]:
+        if r["row"] == DEFAULT:
             delta = "—"
         else:
             per_seed = ", ".join(f"{100 * d:+.1f}" for d in r["delta"])
             delta = f"{100 * sum(r['delta']) / len(r['delta']):+.1f}" + (f" ({per_seed})" if len(r["delta"]) > 1 else "")
         share = "—" if r["transfer_share"] is None else f"{r['transfer_share']:.3f}"
         lines.append(f"| {r['row']} | {100 * r['target_sr']:.1f} | {100 * r['rgb_sr']:.1f} | {100 * r['score']:.1f} "
-                     f"| {delta} | {share} |")
+                     f"| {delta} | {_interval(r.get('target_delta'))} | {_interval(r.get('rgb_delta'))} | {share} |")
     return "\n".join(lines)
 
 
@@ -139,6 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-frames", type=int, default=12, help="evaluate the first N frames (0: every frame)")
     parser.add_argument("--pretrained", default=None, help="RGB tracker folder (default: the shipped demo tracker)")
     parser.add_argument("--data-dir", default=None, help="where the demo v2 sets are (default: the demo root)")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--out", default="outputs/recipe_ablation")
     args = parser.parse_args(argv)
@@ -171,15 +189,17 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter() - t0
     entries = [{"modality": run.modality, "row": row, "seed": run.seed, "target_sr": rec["target"]["SR"],
                 "rgb_sr": rec["rgb"]["SR"], "score": selection_score(rec), "transfer_share": transfer_share(out, run),
-                "seconds": rec["seconds"]} for (row, run), rec in zip(planned, records)]
-    table = summarize_rows(entries)
+                "seconds": rec["seconds"], "target_seq": rec["per_sequence"]["target"],
+                "rgb_seq": rec["per_sequence"]["rgb"]} for (row, run), rec in zip(planned, records)]
+    table = summarize_rows(entries, args.resamples)
     header = (f"Measured {datetime.now(timezone.utc).isoformat(timespec='minutes')} on {machine}; {len(planned)} runs "
               f"in {wall:.0f} s wall ({sum(e['seconds'] for e in entries):.0f} s summed over runs, reused ones at "
               f"their original time); seeds {args.seeds}; validation splits only.\n")
     text = "\n".join(f"### {TITLES[m]}: srft {' '.join(f'{k}={v:g}' for k, v in chosen[m].items())}\n\n"
                      f"{format_table(rows)}\n" for m, rows in table.items())
     (out / "recipe_ablation.md").write_text(header + "\n" + text)
-    result = {"machine": machine, "wall_seconds": wall, "chosen": chosen, "runs": entries, "table": table}
+    result = {"machine": machine, "wall_seconds": wall, "chosen": chosen, "table": table,
+              "runs": [{k: v for k, v in e.items() if not k.endswith("_seq")} for e in entries]}
     (out / "recipe_ablation.json").write_text(json.dumps(result, indent=2))
     print(header + "\n" + text)
     return result

@@ -47,18 +47,26 @@ def test_plan_one_field_per_row_on_the_chosen_configuration(tmp_path):
 
 def test_table_pairs_differences_by_seed():
     def entry(row, seed, target, rgb, share=0.25):
+        # two validation sequences per side, their mean the run's SR
         return {"modality": "rgbt", "row": row, "seed": seed, "target_sr": target, "rgb_sr": rgb,
-                "score": (target + rgb) / 2, "transfer_share": share}
+                "score": (target + rgb) / 2, "transfer_share": share,
+                "target_seq": {"a": {"SR": target - 0.1}, "b": {"SR": target + 0.1}},
+                "rgb_seq": {"c": {"SR": rgb}, "d": {"SR": rgb}}}
 
     entries = [entry("kappa_horizon=0.3", 100, 0.50, 0.50, 0.6), entry(ra.DEFAULT, 100, 0.40, 0.40),
-               entry(ra.DEFAULT, 101, 0.60, 0.60), entry("kappa_horizon=0.3", 101, 0.50, 0.50, 0.6)]
-    rows = ra.summarize_rows(entries)["rgbt"]
-    assert [r["row"] for r in rows] == [ra.DEFAULT, "kappa_horizon=0.3"]  # ROWS order, not input order
-    assert rows[1]["delta"] == pytest.approx([0.10, -0.10]) and rows[1]["score"] == pytest.approx(0.5)
-    assert rows[0]["score"] == pytest.approx(0.5) and rows[1]["transfer_share"] == pytest.approx(0.6)
+               entry(ra.DEFAULT, 101, 0.60, 0.60), entry("kappa_horizon=0.3", 101, 0.50, 0.50, 0.6),
+               entry("clip_order=task", 101, 0.62, 0.60)]  # seed 100 missing: compared on seed 101 only
+    rows = ra.summarize_rows(entries, resamples=200)["rgbt"]
+    assert [r["row"] for r in rows] == [ra.DEFAULT, "clip_order=task", "kappa_horizon=0.3"]  # ROWS order
+    assert rows[2]["delta"] == pytest.approx([0.10, -0.10]) and rows[2]["score"] == pytest.approx(0.5)
+    assert rows[0]["score"] == pytest.approx(0.5) and rows[2]["transfer_share"] == pytest.approx(0.6)
+    assert rows[2]["target_delta"]["mean"] == pytest.approx(0.0) and rows[2]["target_delta"]["n_pairs"] == 4
+    assert rows[2]["target_delta"]["low"] < -0.05 < 0.05 < rows[2]["target_delta"]["high"]  # +10 / -10 by seed
+    assert rows[1]["seeds"] == [101] and rows[1]["target_delta"]["mean"] == pytest.approx(0.02)
     text = ra.format_table(rows)
-    assert "| kappa_horizon=0.3 | 50.0 | 50.0 | 50.0 | +0.0 (+10.0, -10.0) | 0.600 |" in text
-    assert "| default | 50.0 | 50.0 | 50.0 | — | 0.250 |" in text
+    assert "| kappa_horizon=0.3 | 50.0 | 50.0 | 50.0 | +0.0 (+10.0, -10.0) | +0.0 [" in text
+    assert text.splitlines()[-1].endswith("| +0.0 [-10.0, +10.0] | 0.600 |")  # RGB: constant per seed, ±10
+    assert "| default | 50.0 | 50.0 | 50.0 | — | — | — | 0.250 |" in text
 
 
 def test_bad_inputs(tmp_path):
