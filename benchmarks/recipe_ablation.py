@@ -166,9 +166,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.set = {}  # run_settings' extra FinetuneConfig fields: none, the rows are the only changes
     if args.pretrained is None:
         args.pretrained = shipped_tracker()
-        if args.pretrained is None:
-            parser.error("--pretrained: no shipped demo tracker in this version of srft_peft; give an RGB tracker "
-                         "folder (the one the tune stage used)")
     return args
 
 

@@ -51,6 +51,7 @@ from srft_peft.tracking.compare import (
     summarize,
 )
 from srft_peft.tracking.demo_data import default_demo_root, make_demo_dataset
+from srft_peft.tracking.demo_tracker import DEMO_TRACKER_DIR, verify_checksums
 from srft_peft.tracking.train import FinetuneConfig, finetune_rgbx, method_srft_config
 from srft_peft.tracking.train.config import DEMO_JITTER
 
@@ -394,12 +395,8 @@ def scatter(records: list[dict], out: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
-def shipped_tracker() -> str | None:
-    """The demo RGB tracker shipped with the package (checksums verified), or None when this version has none."""
-    try:
-        from srft_peft.tracking.demo_tracker import DEMO_TRACKER_DIR, verify_checksums
-    except ImportError:
-        return None
+def shipped_tracker() -> str:
+    """The folder of the demo RGB tracker shipped with the package, its checksums verified."""
     verify_checksums(DEMO_TRACKER_DIR)
     return str(DEMO_TRACKER_DIR)
 
@@ -449,9 +446,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "seed and tuned knobs are the protocol's)")
     if args.pretrained is None:
         args.pretrained = shipped_tracker()
-        if args.pretrained is None:
-            parser.error("--pretrained: no shipped demo tracker in this version of srft_peft; give an RGB tracker "
-                         "folder")
     return args
 
 
