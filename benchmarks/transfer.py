@@ -45,6 +45,7 @@ import torch
 from srft_peft.checkpoint import ESTIMATION_FIELDS
 from srft_peft.config import SRFTConfig
 from srft_peft.tracking.compare import (
+    DEFAULT_RESAMPLES,
     compare_methods,
     decide_claim,
     format_comparison_table,
@@ -424,7 +425,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--quick: OUT/data)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", type=_override,
                         help="other FinetuneConfig fields of every run, e.g. clip_order=task")
-    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--quick", action="store_true", help="tiny data, rgbt x (srft, full, lora), 2 configurations "
                         "each, 1 seed, 2 steps of 4 pairs")

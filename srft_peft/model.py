@@ -425,7 +425,6 @@ def get_srft_model(model: nn.Module, config: Optional[SRFTConfig] = None) -> SRF
         >>> srft.regularized_parameters
         ['0.weight', '0.bias']
     """
-    check_model(model)
     if isinstance(model, SRFTModel):
         raise ValueError("the model is already an SRFTModel")
     srft = SRFTModel(model, config if config is not None else SRFTConfig())

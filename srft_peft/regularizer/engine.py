@@ -419,8 +419,6 @@ class SRFTEngine:
         tensors = state.get("tensors", {})
         if "transfer.v" in tensors:
             v = tensors["transfer.v"]
-            if v.numel() != self.layout.numel:
-                raise ValueError(f"transfer.v has {v.numel()} elements, the regularized parameters {self.layout.numel}")
             if self.v_flat is None:
                 self.v_flat = self.layout.new_buffer()
             self.v_flat.copy_(v)
@@ -434,9 +432,6 @@ class SRFTEngine:
                 codes = codes.clamp_(0, RANK_LEVELS).to(torch.int16)
             if codes is None:
                 continue
-            if codes.dtype != torch.int16 or codes.shape != p.shape:
-                raise ValueError(f"transfer.rank_codes.{n} must be an int16 tensor of shape {tuple(p.shape)}, got "
-                                 f"{codes.dtype} {tuple(codes.shape)}")
             self.transfer.rank_codes[i] = codes.to(p.device).clone()
         if self.prior_term is not None:
             anchors = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from ...checkpoint import SIGNIFICANCE_NAME
 from ...config import SRFTConfig
 from ...integrations.accelerate import prepare_srft
 from ...model import SRFTModel, get_srft_model
@@ -46,7 +47,7 @@ from .common import (
 from .config import DEMO_JITTER, OSTRACK_JITTER, FinetuneConfig
 from .data import RGBXSplits, demo_rgb_split, load_rgb_split, load_rgbx_splits, truncate_sequence
 from .evaluate import evaluate_tracker, jsonable, scalars
-from .methods import build_finetune_model, method_srft_config, prior_scope_fields, tracker_of, uniform_prior
+from .methods import SRFT_METHODS, build_finetune_model, method_srft_config, prior_scope_fields, tracker_of, uniform_prior
 from .pretrain import load_pretrained_rgb
 
 __all__ = ["Validation", "clip_gradients", "finetune_rgbx", "make_accelerator", "rgb_sequences"]
@@ -171,7 +172,7 @@ def _srft_config(run: _Run, model: nn.Module) -> SRFTConfig | None:
     """The method's SRFTConfig with the recipe's prior scope (unless srft_overrides choose the targets)."""
     cfg = run.cfg
     overrides = cfg.method_srft_overrides
-    if method_srft_config(cfg.method, cfg.steps, overrides) is None:
+    if cfg.method not in SRFT_METHODS:  # FinetuneConfig checked the overrides against the method
         return None
     if not {"target_modules", "exclude_modules"} & set(cfg.srft_overrides):
         overrides = {**prior_scope_fields(model, cfg.prior_scope, cfg.fusion_init), **overrides}
@@ -190,7 +191,7 @@ def _attach_prior(run: _Run, srft: SRFTModel, resume: tuple[Path, int] | None) -
     if cfg.prior is not None:
         srft.load_significance(cfg.prior)
         return f"loaded: {cfg.prior}"
-    if resume is not None and (saved_prior / "significance.safetensors").is_file():
+    if resume is not None and (saved_prior / SIGNIFICANCE_NAME).is_file():
         srft.load_significance(saved_prior)
         return f"loaded: {saved_prior} (resume)"
     calib = rgb_sequences(cfg, "train", run.demo_tracker, run.splits.train)

@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader
 from ..cache import default_cache_dir, file_lock
 from ..checkpoint_io import PartialLoadError, load_rgb_checkpoint, load_tracker, save_tracker
 from ..datasets import load_dataset
-from ..demo_data import demo_set_root
 from ..demo_tracker import demo_tracker_recipe, load_demo_rgb_tracker
 from ..model import OSTrackRGBX, TrackerConfig
 from ..sampling import TrackingPairDataset, collate
@@ -35,14 +34,9 @@ from .common import configure_threads, cosine_lr_lambda, pair_loss, progress_bar
 from .config import TINY_SIZES, PretrainConfig
 from .data import DEMO_RGB, demo_rgb_split, resolve_split_root
 
-__all__ = ["demo_rgb_split", "ensure_pretrained_rgb", "load_pretrained_rgb", "pretrain_demo_root", "pretrain_rgb"]
+__all__ = ["demo_rgb_split", "ensure_pretrained_rgb", "load_pretrained_rgb", "pretrain_rgb"]
 
 TRAINING_VERSION = 2  # part of the cache key of ensure_pretrained_rgb: bump when the pretraining recipe changes
-
-
-def pretrain_demo_root() -> Path:
-    """Folder of the demo RGB set that :func:`pretrain_rgb` trains on by default (its ``pretrain`` split)."""
-    return demo_set_root("rgb", DEMO_RGB["version"])
 
 
 def pretrain_rgb(
