@@ -2,18 +2,19 @@
 L2-SP, LoRA and prompt tuning, on demo data v2 (RGB-T, RGB-D, RGB-E), in two stages (docs/benchmarks.md, "Claim under
 test and protocol"):
 
-* **tune**: every method runs the same number of configurations of its own knobs (:data:`TUNING_GRID`) with the
-  tuning seed, scored on validation only: the fine-tuned model on the target ``val`` split and, fed ``[rgb, rgb]``, on
-  the RGB ``val`` split. The selected configuration maximizes the mean of the two SRs (the first in grid order on a
-  tie). The target ``test`` and RGB ``retention`` splits are not read in this stage.
+* **tune**: every method runs the same number of configurations of its own knobs (the protocol's grid,
+  :data:`PROTOCOLS`) with the tuning seed, scored on validation only: the fine-tuned model on the target ``val``
+  split and, fed ``[rgb, rgb]``, on the RGB ``val`` split. The selected configuration maximizes the mean of the two
+  SRs (the first in grid order on a tie). The target ``test`` and RGB ``retention`` splits are not read in this stage.
 * **final**: the selected configuration of each method x modality with the final seeds, scored once on the target
   ``test`` split and on RGB ``retention``; mean (sample SD over seeds) of SR / PR / NPR, paired two-way bootstrap 95 %
   intervals of the differences against full fine-tuning and the best other method
   (:func:`~srft_peft.tracking.compare.compare_methods`), and the claim's verdict
   (:func:`~srft_peft.tracking.compare.decide_claim`). The start row is the converted dual-stream model at step 0.
 
-    python benchmarks/transfer.py                 # both stages: 3 modalities x 9 methods (4 configs, then 3 seeds),
-                                                  # 60 steps x 16 pairs, the first 12 frames of every sequence
+    python benchmarks/transfer.py                 # protocol v3, both stages: 3 modalities x 10 methods (6 configs,
+                                                  # then seeds 3-5), 60 steps x 16 pairs, 12 frames per sequence
+    python benchmarks/transfer.py --protocol v2   # the superseded v2 protocol (9 methods, 4 configs, seeds 0-2)
     python benchmarks/transfer.py --stage tune    # tuning only: its table and full fine-tuning's validation curves
     python benchmarks/transfer.py --stage final   # the final stage from the tuning runs found in --out
     python benchmarks/transfer.py --quick         # CI: tiny data, rgbt x (srft, full, lora) x 1 seed, both stages
@@ -59,13 +60,16 @@ from srft_peft.tracking.train.config import DEMO_JITTER
 MODALITIES = ("rgbt", "rgbd", "rgbe")
 TITLES = {"rgbt": "RGB-T", "rgbd": "RGB-D", "rgbe": "RGB-E"}
 EARLY_STOP = "full-es"  # full fine-tuning, evaluated with the weights of its best validation SR
-BENCH_METHODS = ("srft", "srft-prior-only", "srft-transfer-only", "full", EARLY_STOP, "ewc", "l2sp", "lora", "prompt")
+SCOPE_ALL = "srft-scope-all"  # srft with prior_scope="all" (protocol v3's secondary variant)
+# Benchmark methods that run a library method with fixed FinetuneConfig fields on top of the tuned knobs.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {EARLY_STOP: ("full", {}),
+                                                   SCOPE_ALL: ("srft", {"prior_scope": "all"})}
 START = "start (step 0)"
 STAGES = ("tune", "final")
 METRICS = ("SR", "PR", "NPR")
 TUNING_SEED = 100
-FINAL_SEEDS = (0, 1, 2)
 CLAIM = {"method": "srft", "reference": "full", "competitors": ("ewc", "lora")}
+SECONDARY_CLAIMS = (SCOPE_ALL,)  # tested like the claim and reported, never in place of it
 
 
 def _grid(**knobs: tuple) -> list[dict[str, Any]]:
@@ -73,26 +77,64 @@ def _grid(**knobs: tuple) -> list[dict[str, Any]]:
     return [dict(zip(knobs, values)) for values in itertools.product(*knobs.values())]
 
 
-# Fixed before running (the protocol): 4 configurations per method, on the method's own knobs. The SRFT family keeps
-# prior_rank=8; the anchor strength lambda_prior takes the same two values for SRFT, EWC and L2-SP.
-SRFT_FIXED = {"prior_rank": 8}
-TUNING_GRID: dict[str, list[dict[str, Any]]] = {
-    "srft": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
-    "srft-prior-only": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
-    "srft-transfer-only": _grid(lr=(1e-4, 3e-4), lambda_transfer=(0.5, 1.0)),
-    "full": _grid(lr=(5e-5, 1e-4, 2e-4, 4e-4)),
-    EARLY_STOP: _grid(lr=(5e-5, 1e-4, 2e-4, 4e-4)),
-    "ewc": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
-    "l2sp": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
-    "lora": _grid(lr=(5e-4, 2e-3), lora_r=(4, 16)),
-    "prompt": _grid(lr=(3e-4, 1e-3, 3e-3, 1e-2)),
+@dataclass(frozen=True)
+class Protocol:
+    """A pre-registered protocol: the methods, every method's tuning grid (the same number of configurations for
+    all) and the final seeds. Fixed before its runs started (docs/benchmarks.md states each one's claim and date)."""
+
+    methods: tuple[str, ...]
+    grid: dict[str, list[dict[str, Any]]]
+    final_seeds: tuple[int, ...]
+
+
+_V2_METHODS = ("srft", "srft-prior-only", "srft-transfer-only", "full", EARLY_STOP, "ewc", "l2sp", "lora", "prompt")
+# v3 (after v2's results): one learning-rate set {1e-4, 2e-4, 4e-4} for every anchored full-model method (v2 capped
+# them at 3e-4 while full went to 4e-4), 6 configurations per method, the srft-scope-all variant, fresh final seeds.
+_V3_ANCHORED_LR = (1e-4, 2e-4, 4e-4)
+_V3_FULL_LR = (5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3)
+PROTOCOLS: dict[str, Protocol] = {
+    "v2": Protocol(
+        methods=_V2_METHODS,
+        grid={
+            "srft": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
+            "srft-prior-only": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
+            "srft-transfer-only": _grid(lr=(1e-4, 3e-4), lambda_transfer=(0.5, 1.0)),
+            "full": _grid(lr=(5e-5, 1e-4, 2e-4, 4e-4)),
+            EARLY_STOP: _grid(lr=(5e-5, 1e-4, 2e-4, 4e-4)),
+            "ewc": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
+            "l2sp": _grid(lr=(1e-4, 3e-4), lambda_prior=(1.0, 10.0)),
+            "lora": _grid(lr=(5e-4, 2e-3), lora_r=(4, 16)),
+            "prompt": _grid(lr=(3e-4, 1e-3, 3e-3, 1e-2)),
+        },
+        final_seeds=(0, 1, 2),
+    ),
+    "v3": Protocol(
+        methods=(*_V2_METHODS[:3], SCOPE_ALL, *_V2_METHODS[3:]),
+        grid={
+            "srft": _grid(lr=_V3_ANCHORED_LR, lambda_prior=(1.0, 10.0)),
+            "srft-prior-only": _grid(lr=_V3_ANCHORED_LR, lambda_prior=(1.0, 10.0)),
+            "srft-transfer-only": _grid(lr=_V3_ANCHORED_LR, lambda_transfer=(0.5, 1.0)),
+            SCOPE_ALL: _grid(lr=_V3_ANCHORED_LR, lambda_prior=(1.0, 10.0)),
+            "full": _grid(lr=_V3_FULL_LR),
+            EARLY_STOP: _grid(lr=_V3_FULL_LR),
+            "ewc": _grid(lr=_V3_ANCHORED_LR, lambda_prior=(1.0, 10.0)),
+            "l2sp": _grid(lr=_V3_ANCHORED_LR, lambda_prior=(1.0, 10.0)),
+            "lora": _grid(lr=(5e-4, 1e-3, 2e-3), lora_r=(4, 16)),
+            "prompt": _grid(lr=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
+        },
+        final_seeds=(3, 4, 5),
+    ),
 }
+DEFAULT_PROTOCOL = "v3"
+ALL_METHODS = tuple(dict.fromkeys(m for p in PROTOCOLS.values() for m in p.methods))
+# The SRFT family keeps prior_rank=8 in every protocol.
+SRFT_FIXED = {"prior_rank": 8}
 SRFT_FIELDS = {f for f in SRFTConfig.__dataclass_fields__}
 
 
 def library_method(method: str) -> str:
     """The :data:`~srft_peft.tracking.train.METHODS` entry a benchmark method runs."""
-    return "full" if method == EARLY_STOP else method
+    return VARIANTS[method][0] if method in VARIANTS else method
 
 
 def knob_settings(method: str, knobs: dict[str, Any]) -> dict[str, Any]:
@@ -102,8 +144,8 @@ def knob_settings(method: str, knobs: dict[str, Any]) -> dict[str, Any]:
     if method_srft_config(library_method(method), 1) is not None:
         settings["srft_overrides"] = {**SRFT_FIXED, **srft}
     elif srft:
-        raise ValueError(f"TUNING_GRID[{method!r}] sets SRFTConfig fields {sorted(srft)} of a method without SRFT")
-    return settings
+        raise ValueError(f"the grid of {method!r} sets SRFTConfig fields {sorted(srft)} of a method without SRFT")
+    return {**VARIANTS.get(method, ("", {}))[1], **settings}
 
 
 def knob_label(knobs: dict[str, Any]) -> str:
@@ -196,8 +238,8 @@ def plan_final(args: argparse.Namespace, data: Data, chosen: dict[tuple[str, str
 
 
 def tuning_grid(args: argparse.Namespace, method: str) -> list[dict[str, Any]]:
-    """The method's configurations (--quick: the first and the last)."""
-    grid = TUNING_GRID[method]
+    """The method's configurations in the protocol (--quick: the first and the last)."""
+    grid = PROTOCOLS[args.protocol].grid[method]
     return [grid[0], grid[-1]] if args.quick else grid
 
 
@@ -353,13 +395,21 @@ def final_report(records: list[dict], resamples: int) -> tuple[str, dict]:
                                  for metric in METRICS},
                       "retention": {k: dataclasses.asdict(v) for k, v in summarize(retention[m], "SR").items()}}
     names = set(target[modalities[0]])
-    verdict = None
-    if {CLAIM["method"], CLAIM["reference"]} <= names:  # the competitors that ran (all of them in the full grid)
-        competitors = tuple(c for c in CLAIM["competitors"] if c in names)
-        verdict = decide_claim(target, retention, method=CLAIM["method"], reference=CLAIM["reference"],
-                               competitors=competitors, min_modalities=min(2, len(modalities)), n_resamples=resamples)
-        lines += ["### Verdict", "", "```", str(verdict), "```", ""]
-    return "\n".join(lines), {"tables": numbers, "verdict": None if verdict is None else str(verdict)}
+    verdicts = {}
+    for method in (CLAIM["method"], *SECONDARY_CLAIMS):  # the competitors that ran (all of them in the full grid)
+        if {method, CLAIM["reference"]} <= names:
+            competitors = tuple(c for c in CLAIM["competitors"] if c in names)
+            verdicts[method] = decide_claim(target, retention, method=method, reference=CLAIM["reference"],
+                                            competitors=competitors, min_modalities=min(2, len(modalities)),
+                                            n_resamples=resamples)
+    if verdicts:
+        lines += ["### Verdict", ""]
+        for method, verdict in verdicts.items():
+            role = "the pre-registered claim" if method == CLAIM["method"] else "secondary (the same test, reported)"
+            lines += [f"{role}:", "", "```", str(verdict), "```", ""]
+    verdict = verdicts.get(CLAIM["method"])
+    return "\n".join(lines), {"tables": numbers, "verdict": None if verdict is None else str(verdict),
+                               "secondary_verdicts": {k: str(v) for k, v in verdicts.items() if k != CLAIM["method"]}}
 
 
 def scatter(records: list[dict], out: Path) -> list[Path]:
@@ -408,9 +458,13 @@ QUICK_SIZES = {"num_train": 2, "num_val": 2, "num_test": 2, "num_pretrain": 2, "
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", default="both", choices=["both", *STAGES])
+    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS),
+                        help="the pre-registered grid, methods and final seeds (docs/benchmarks.md)")
     parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=list(MODALITIES))
-    parser.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=list(BENCH_METHODS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(FINAL_SEEDS), help="final-stage seeds")
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(ALL_METHODS),
+                        help="default: the protocol's methods")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="final-stage seeds (default: the "
+                        "protocol's)")
     parser.add_argument("--tune-seed", type=int, default=TUNING_SEED, help="the tuning stage's seed")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 60; --quick: 2)")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per step")
@@ -431,6 +485,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "each, 1 seed, 2 steps of 4 pairs")
     parser.add_argument("--out", default="outputs/bench_transfer")
     args = parser.parse_args(argv)
+    protocol = PROTOCOLS[args.protocol]
+    args.methods = args.methods or list(protocol.methods)
+    args.seeds = args.seeds or list(protocol.final_seeds)
+    outside = sorted(set(args.methods) - set(protocol.methods))
+    if outside:
+        parser.error(f"--methods {outside} are not in protocol {args.protocol!r} (its methods: {list(protocol.methods)})")
     if args.quick:
         args.modalities, args.methods, args.seeds = ["rgbt"], ["srft", "full", "lora"], [0]
         args.steps, args.eval_frames, args.resamples = args.steps or 2, 6, min(args.resamples, 500)
@@ -465,7 +525,8 @@ def main(argv: list[str] | None = None) -> dict:
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU(s), {args.jobs} worker process(es) x 1 thread, "
                f"torch {torch.__version__}")
     result: dict[str, Any] = {"machine": machine, "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}
-    recipe = (f"{args.steps} steps x {args.batch_size} pairs, eval_frames={args.eval_frames or 'all'}, full-es "
+    recipe = (f"protocol {args.protocol}; {args.steps} steps x {args.batch_size} pairs, "
+              f"eval_frames={args.eval_frames or 'all'}, full-es "
               f"validates every {args.eval_every} steps; tracker {args.pretrained}; --set {args.set or 'none'}")
 
     t0 = time.perf_counter()

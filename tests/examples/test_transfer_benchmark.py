@@ -81,9 +81,18 @@ def test_selection_rule_and_budget():
                record("ewc", 1, 0.5, 0.5), record("ewc", 2, 0.6, 0.4)]
     # mean of target-val and RGB-val SR; the first configuration in grid order on a tie
     assert transfer.select(records) == {("rgbt", "full"): {"lr": 2}, ("rgbt", "ewc"): {"lr": 1}}
-    assert set(transfer.TUNING_GRID) == set(transfer.BENCH_METHODS)
-    assert {len(grid) for grid in transfer.TUNING_GRID.values()} == {4}  # the same budget for every method
-    assert all("lr" in knobs for grid in transfer.TUNING_GRID.values() for knobs in grid)
+    for name, protocol in transfer.PROTOCOLS.items():
+        assert set(protocol.grid) == set(protocol.methods), name
+        assert len({len(grid) for grid in protocol.grid.values()}) == 1, name  # the same budget for every method
+        assert all("lr" in knobs for grid in protocol.grid.values() for knobs in grid), name
+        assert not set(protocol.final_seeds) & {transfer.TUNING_SEED}, name
+    # v3: every anchored full-model method searches the same learning rates (v2 capped them below full's)
+    v3 = transfer.PROTOCOLS["v3"].grid
+    anchored = ("srft", "srft-prior-only", "srft-transfer-only", transfer.SCOPE_ALL, "ewc", "l2sp")
+    assert len({tuple(sorted({k["lr"] for k in v3[m]})) for m in anchored}) == 1
+    assert max(k["lr"] for k in v3["full"]) > max(k["lr"] for k in v3["srft"])  # and full goes beyond them
+    # fresh final seeds: v3's were not read while v2 was developed
+    assert not set(transfer.PROTOCOLS["v3"].final_seeds) & set(transfer.PROTOCOLS["v2"].final_seeds)
 
 
 def test_plan_and_prior_sharing(tiny_data, tmp_path):
@@ -91,7 +100,7 @@ def test_plan_and_prior_sharing(tiny_data, tmp_path):
     args.methods = ["srft", "srft-prior-only", "ewc", "l2sp", "srft-transfer-only", transfer.EARLY_STOP]
     data = transfer.Data({"rgbt": tmp_path / "v2_rgbt"}, tmp_path / "v2_rgb", tmp_path / "view")
     runs = {(r.method, r.knobs["lr"]): r for r in transfer.plan_tune(args, data)}
-    srft, prior_only = runs["srft", 1e-4], runs["srft-prior-only", 3e-4]
+    srft, prior_only = runs["srft", 1e-4], runs["srft-prior-only", 4e-4]
     assert srft.settings["srft_overrides"] == {"prior_rank": 8, "lambda_prior": 1.0}
     # lr, lambda and the transfer term do not change the prior; the estimator does; L2-SP / transfer-only have none
     assert transfer.prior_key(srft) == transfer.prior_key(prior_only) is not None
@@ -101,6 +110,23 @@ def test_plan_and_prior_sharing(tiny_data, tmp_path):
     early = runs[transfer.EARLY_STOP, 5e-5]
     assert early.settings["early_stopping"] and early.settings["eval_every"] == 10
     assert transfer.library_method(early.method) == "full"
+
+
+def test_variant_settings_and_protocol_flags(tiny_data, tmp_path):
+    args = transfer.parse_args(quick_args(tiny_data, tmp_path, "--protocol", "v3"))
+    assert args.seeds == [0] and args.methods == ["srft", "full", "lora"]  # --quick's
+    args = transfer.parse_args(["--pretrained", str(tiny_data["tracker"]), "--methods", transfer.SCOPE_ALL, "srft"])
+    assert args.seeds == list(transfer.PROTOCOLS["v3"].final_seeds)
+    data = transfer.Data({m: tmp_path / m for m in transfer.MODALITIES}, tmp_path / "v2_rgb", tmp_path / "view")
+    runs = {(r.method, r.knobs["lr"], r.knobs["lambda_prior"], r.modality): r for r in transfer.plan_tune(args, data)}
+    scope_all, srft = runs[transfer.SCOPE_ALL, 1e-4, 1.0, "rgbt"], runs["srft", 1e-4, 1.0, "rgbt"]
+    assert scope_all.settings["prior_scope"] == "all" and "prior_scope" not in srft.settings
+    assert transfer.library_method(scope_all.method) == "srft"
+    # a different scope covers other tensors: its own prior; the same prior across modalities (RGB calibration)
+    assert transfer.prior_key(scope_all) != transfer.prior_key(srft)
+    assert transfer.prior_key(runs["srft", 4e-4, 10.0, "rgbd"]) == transfer.prior_key(srft)
+    with pytest.raises(SystemExit):  # v2 has no srft-scope-all
+        transfer.parse_args(["--protocol", "v2", "--methods", transfer.SCOPE_ALL, "--pretrained", "x"])
 
 
 def test_bad_flags(tiny_data, tmp_path):
