@@ -91,8 +91,14 @@ def test_selection_rule_and_budget():
     anchored = ("srft", "srft-prior-only", "srft-transfer-only", transfer.SCOPE_ALL, "ewc", "l2sp")
     assert len({tuple(sorted({k["lr"] for k in v3[m]})) for m in anchored}) == 1
     assert max(k["lr"] for k in v3["full"]) > max(k["lr"] for k in v3["srft"])  # and full goes beyond them
-    # fresh final seeds: v3's were not read while v2 was developed
-    assert not set(transfer.PROTOCOLS["v3"].final_seeds) & set(transfer.PROTOCOLS["v2"].final_seeds)
+    # v4: the claim's anchored methods search full fine-tuning's whole lr range
+    v4 = transfer.PROTOCOLS["v4"].grid
+    assert {k["lr"] for k in v4["srft"]} == {k["lr"] for k in v4["ewc"]} == {k["lr"] for k in v4[transfer.SCOPE_ALL]}
+    assert max(k["lr"] for k in v4["srft"]) == max(k["lr"] for k in v4["full"])
+    assert {"srft", "full", "ewc", "lora"} <= set(transfer.PROTOCOLS["v4"].methods)
+    # fresh final seeds: each protocol's were never read before it
+    seeds = [set(p.final_seeds) for p in transfer.PROTOCOLS.values()]
+    assert all(not a & b for i, a in enumerate(seeds) for b in seeds[i + 1:])
 
 
 def test_plan_and_prior_sharing(tiny_data, tmp_path):
