@@ -386,22 +386,22 @@ SAME_LR_METHODS = ("full", "srft-transfer-only", "srft-prior-only", "srft", SCOP
 
 
 def same_lr_table(records: list[dict]) -> list[str]:
-    """Markdown lines: at each learning rate that full fine-tuning and an anchored method both ran, every
-    configuration's "target val SR / RGB val SR" (one modality, the tuning seed): what each term does at an equal
-    learning rate, which the selection (each method at its own best lr) does not show."""
-    cells: dict[float, dict[str, str]] = {}
-    for r in records:
-        if r["method"] in SAME_LR_METHODS:
+    """Markdown lines: "target val SR / RGB val SR" of every configuration of the :data:`SAME_LR_METHODS` (rows) at
+    each learning rate that full fine-tuning also ran (columns); one modality, the tuning seed. What each term does
+    at an equal learning rate, which the selection (each method at its own best lr) does not show."""
+    full_lrs = sorted({r["knobs"]["lr"] for r in records if r["method"] == "full"})
+    cells: dict[str, dict[float, str]] = {}
+    for method in SAME_LR_METHODS:
+        for r in (r for r in records if r["method"] == method and r["knobs"]["lr"] in full_lrs):
             other = {k: v for k, v in r["knobs"].items() if k != "lr"}
-            column = r["method"] + (f" {knob_label(other)}" if other else "")
-            cells.setdefault(r["knobs"]["lr"], {})[column] = f"{100 * r['target']['SR']:.1f} / {100 * r['rgb']['SR']:.1f}"
-    rows = {lr: row for lr, row in sorted(cells.items()) if "full" in row and len(row) > 1}
-    if not rows:
+            row = method + (f" {knob_label(other)}" if other else "")
+            cells.setdefault(row, {})[r["knobs"]["lr"]] = f"{100 * r['target']['SR']:.1f} / {100 * r['rgb']['SR']:.1f}"
+    lrs = [lr for lr in full_lrs if sum(lr in row for row in cells.values()) > 1]
+    if not lrs:
         return []
-    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
     lines = ["At equal learning rates (target val SR / RGB val SR, tuning seed):", "",
-             "| lr | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {lr:g} | " + " | ".join(row.get(c, "") for c in columns) + " |" for lr, row in rows.items()]
+             "| configuration | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
+    lines += [f"| {row} | " + " | ".join(by_lr.get(lr, "") for lr in lrs) + " |" for row, by_lr in cells.items()]
     return [*lines, ""]
 
 
