@@ -66,7 +66,10 @@ def with_reset(model: OSTrackRGBX, start: dict[str, torch.Tensor], keys: list[st
 
 
 def relative_change(model: OSTrackRGBX, start: dict[str, torch.Tensor], keys: list[str]) -> float:
-    """||theta - theta_start|| / ||theta_start|| over ``keys`` (0 when the start is all zeros and nothing moved)."""
+    """||theta - theta_start|| / ||theta_start|| over the parameters among ``keys`` (buffers, e.g. the box head's
+    coordinate grids, are left out; 0 when the start is all zeros and nothing moved)."""
+    params = {name for name, _ in model.named_parameters()}
+    keys = [k for k in keys if k in params]
     state = model.state_dict()
     moved = sum(float(((state[k].double() - start[k].double()) ** 2).sum()) for k in keys) ** 0.5
     size = sum(float((start[k].double() ** 2).sum()) for k in keys) ** 0.5

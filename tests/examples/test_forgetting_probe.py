@@ -41,6 +41,15 @@ def test_groups_partition_and_reset_is_exact():
         assert torch.equal(v, expected), k
     assert probe.relative_change(reset, start.state_dict(), groups["X patch embedding"]) == 0.0
     assert probe.relative_change(tuned, start.state_dict(), groups["RGB blocks"]) > 0.0
+    # buffers (the head's BatchNorm step counters, running stats) are not weights: they do not enter the change
+    head = groups["box head"]
+    before = probe.relative_change(tuned, start.state_dict(), head)
+    for buffer in tuned.buffers():
+        buffer.fill_(10**6)
+    params = dict(tuned.named_parameters())
+    moved = sum(float(((params[k] - start.state_dict()[k]) ** 2).sum()) for k in head if k in params) ** 0.5
+    size = sum(float((start.state_dict()[k] ** 2).sum()) for k in head if k in params) ** 0.5
+    assert probe.relative_change(tuned, start.state_dict(), head) == pytest.approx(before) == pytest.approx(moved / size)
 
 
 def test_rgb_tracker_is_refused():
