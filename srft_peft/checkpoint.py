@@ -51,7 +51,7 @@ from torch import nn
 from ._version import __version__
 from .config import SRFTConfig
 from .hub import resolve_folder
-from .significance.prior import DiagonalSignificance, KFACSignificance, PriorSignificance
+from .significance.prior import DIAGONAL_SOURCES, DiagonalSignificance, KFACSignificance, PriorSignificance
 from .targeting import Target, calibration_targets
 
 if TYPE_CHECKING:
@@ -384,8 +384,8 @@ def _check_entry(path: Path, name: str, entry: Any) -> None:
         energy = entry.get("retained_energy")
         if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 <= energy <= 1.0:
             raise bad("needs retained_energy in [0, 1]")
-    elif entry.get("source") not in ("per_example", "per_batch"):
-        raise bad("needs source 'per_example' or 'per_batch'")
+    elif entry.get("source") not in DIAGONAL_SOURCES:
+        raise bad(f"needs a source in {list(DIAGONAL_SOURCES)}")
 
 
 def _is_count(value: Any) -> bool:

@@ -242,7 +242,7 @@ BAD_INPUTS = {
     "edited entries": (rewrite_json(lambda m: m["entries"]["pos"].update(shape=[9])), ValueError,
                        r"fingerprint does not match the entries"),
     "malformed entry": (rewrite_json(lambda m: m["entries"]["pos"].update(source="guess")), ValueError,
-                        r"entry of parameter 'pos' needs source"),
+                        r"entry of parameter 'pos' needs a source in .*'uniform'"),
 }
 
 
@@ -348,6 +348,16 @@ def test_training_state_moves_prior_anchors_and_step_to_a_fresh_model() -> None:
     assert a["tensors"].keys() == b["tensors"].keys() and "transfer.v" in a["tensors"]
     assert all(torch.equal(a["tensors"][k], b["tensors"][k]) for k in a["tensors"])
     torch.testing.assert_close(dst.prior_penalty(), src.prior_penalty())
+
+
+def test_a_uniform_l2sp_prior_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
+    """save_pretrained writes an L2-SP (source 'uniform') prior; loading it back must accept what was written."""
+    src = make_srft("diagonal")
+    src.set_prior(PriorSignificance({t.name: DiagonalSignificance(t.name, torch.ones_like(t.param), source="uniform")
+                                     for t in src.regularized_targets}, normalizer=1.0, normalized=True))
+    src.save_pretrained(tmp_path)
+    assert_prior_equal(load_significance_checkpoint(tmp_path).prior, src.prior)
+    assert_prior_equal(SRFTModel.from_pretrained(same_weights(src), tmp_path).prior, src.prior)
 
 
 def test_a_uniform_l2sp_prior_round_trips_through_its_state() -> None:
