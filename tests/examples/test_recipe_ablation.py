@@ -30,7 +30,8 @@ def test_plan_one_field_per_row_on_the_chosen_configuration(tmp_path):
     assert [row for row, _ in planned] == list(ra.ROWS) * 2
     default = {run.modality: run for row, run in planned if row == ra.DEFAULT}
     # the default row is exactly the tune stage's run of the chosen configuration (so a finished one is reused)
-    tune = transfer.parse_args(["--methods", "srft", "--modalities", *CHOSEN, "--pretrained", args.pretrained])
+    tune = transfer.parse_args(["--protocol", "v2", "--methods", "srft", "--modalities", *CHOSEN, "--pretrained",
+                                args.pretrained])  # the ablation started from v2's chosen configurations
     tune_runs = transfer.plan_tune(tune, data)
     assert all(run in tune_runs for run in default.values())
     for row, run in planned:
