@@ -190,14 +190,6 @@ def calibration_targets(targets: list[Target]) -> list[Target]:
     return out
 
 
-def find_module(model: nn.Module, name: str) -> Optional[nn.Module]:
-    """The submodule called ``name`` or None."""
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None
-
-
 def count_parameters(targets: list[Target]) -> int:
     return sum(t.param.numel() for t in targets)
 
