@@ -15,7 +15,7 @@ test and protocol"):
     python benchmarks/transfer.py                 # protocol v3, both stages: 3 modalities x 10 methods (6 configs,
                                                   # then seeds 3-5), 60 steps x 16 pairs, 12 frames per sequence
     python benchmarks/transfer.py --protocol v2   # the superseded v2 protocol (9 methods, 4 configs, seeds 0-2)
-    python benchmarks/transfer.py --stage tune    # tuning only: its table and full fine-tuning's validation curves
+    python benchmarks/transfer.py --stage tune    # tuning only: tune.md (tables, curves, equal-lr table), tune.json
     python benchmarks/transfer.py --stage final   # the final stage from the tuning runs found in --out
     python benchmarks/transfer.py --quick         # CI: tiny data, rgbt x (srft, full, lora) x 1 seed, both stages
 
@@ -590,8 +590,8 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "tune.md").write_text(tune_text)
     result["chosen"] = {f"{m} {method}": knobs for (m, method), knobs in chosen.items()}
     print(tune_text)
-    if args.stage == "tune":
-        (out / "transfer.json").write_text(json.dumps(result, indent=2))
+    if args.stage == "tune":  # tune.json: a final stage's transfer.json in the same folder stays as it was
+        (out / "tune.json").write_text(json.dumps(result, indent=2))
         return result
 
     t1 = time.perf_counter()

@@ -44,6 +44,8 @@ def test_tune_stage_reads_validation_only(tiny_data, tmp_path, guarded_splits):
     assert len(records) == 6 and {r["seed"] for r in records} == {transfer.TUNING_SEED}
     assert all(Path(r["settings"]["test_root"]).name == "val" for r in records)
     assert "Tuning, RGB-T (validation only)" in (out / "tune.md").read_text()
+    assert json.loads((out / "tune.json").read_text())["chosen"] == result["chosen"]
+    assert not (out / "transfer.json").exists()  # reserved for the final stage's result
     # control: the guard does fire when a stage reads the test set
     with pytest.raises(AssertionError, match="held-out split read"):
         transfer.main(quick_args(tiny_data, out, "--stage", "final", "--jobs", "1"))
