@@ -32,11 +32,6 @@ METHOD = "srft-prior-only"
 REPORTED_STEPS = (1, 2, 10, 30, 59)
 
 
-def _grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
-
-
 @contextlib.contextmanager
 def recording_gradient_norms() -> Iterator[list[tuple[float, float]]]:
     """While active, every optimizer step of :func:`finetune_rgbx` appends (task-gradient norm, prior-gradient norm)
@@ -49,12 +44,11 @@ def recording_gradient_norms() -> Iterator[list[tuple[float, float]]]:
     def recording(accelerator: Any, srft: Any, params: list[torch.nn.Parameter], max_norm: float,
                   clip_order: str) -> None:
         task = [p.grad.detach().clone() if p.grad is not None else None for p in params]
-        task_norm = _grad_norm(params)
         if srft is not None and clip_order == "total":
             srft.add_prior_gradient()
         prior = [p.grad - t for p, t in zip(params, task) if t is not None]
-        prior_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(prior))) if prior else torch.zeros(())
-        norms.append((float(task_norm), float(prior_norm)))
+        task_norm = torch.nn.utils.get_total_norm([t for t in task if t is not None])
+        norms.append((float(task_norm), float(torch.nn.utils.get_total_norm(prior))))
         original(accelerator, srft, params, max_norm, clip_order)
 
     finetune_module.clip_gradients = recording

@@ -163,7 +163,8 @@ def knob_settings(method: str, knobs: dict[str, Any]) -> dict[str, Any]:
         settings["srft_overrides"] = {**SRFT_FIXED, **srft}
     elif srft:
         raise ValueError(f"the grid of {method!r} sets SRFTConfig fields {sorted(srft)} of a method without SRFT")
-    return {**VARIANTS.get(method, ("", {}))[1], **settings}
+    fixed = VARIANTS[method][1] if method in VARIANTS else {}
+    return {**fixed, **settings}
 
 
 def knob_label(knobs: dict[str, Any]) -> str:
@@ -438,9 +439,9 @@ def final_report(records: list[dict], resamples: int) -> tuple[str, dict]:
                       "retention": {k: dataclasses.asdict(v) for k, v in summarize(retention[m], "SR").items()}}
     names = set(target[modalities[0]])
     verdicts = {}
-    for method in (CLAIM["method"], *SECONDARY_CLAIMS):  # the competitors that ran (all of them in the full grid)
+    competitors = tuple(c for c in CLAIM["competitors"] if c in names)  # those that ran (all, in the full grid)
+    for method in (CLAIM["method"], *SECONDARY_CLAIMS):
         if {method, CLAIM["reference"]} <= names:
-            competitors = tuple(c for c in CLAIM["competitors"] if c in names)
             verdicts[method] = decide_claim(target, retention, method=method, reference=CLAIM["reference"],
                                             competitors=competitors, min_modalities=min(2, len(modalities)),
                                             n_resamples=resamples)
