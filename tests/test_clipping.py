@@ -9,6 +9,7 @@ from typing import Optional
 import pytest
 import torch
 from engine_helpers import prior_lambda, state_tensor
+from tolerances import assert_close32
 
 from srft_peft import SRFTConfig, get_srft_model
 
@@ -71,7 +72,9 @@ def assert_same(a: dict, b: dict, exact: bool = False) -> None:
         if exact:
             assert torch.equal(a[key], b[key]), key
         else:
-            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7, msg=key)
+            # float32, two kernel paths (autograd of the penalty in the loss vs the engine's fused prior gradient;
+            # the clip's norm sums all 83 weights): a gradient's rounding, carried through <= 8 AdamW steps
+            assert_close32(a[key], b[key], reduction_size=83, depth=8, msg=key)
 
 
 def differ(a: dict, b: dict) -> float:
@@ -112,7 +115,8 @@ def test_each_step_gets_its_own_prior_gradient(token_mlp, token_batches):
     task = srft.base_model.fc1.weight.grad.clone()
     srft.add_prior_gradient()
     expected = task + prior_lambda(srft) * torch.autograd.grad(srft.prior_penalty(), srft.base_model.fc1.weight)[0]
-    torch.testing.assert_close(srft.base_model.fc1.weight.grad, expected, rtol=1e-5, atol=1e-7)
+    # float32: the fused prior gradient vs autograd of the penalty, products over widths <= 6 and rank 3, 3 deep
+    assert_close32(srft.base_model.fc1.weight.grad, expected, reduction_size=6, depth=3)
     assert not torch.allclose(expected, task)
 
 
@@ -140,7 +144,7 @@ def test_parameter_with_a_gradient_only_in_a_later_micro_batch_gets_it_once(toke
     task_pos = pos.grad.clone()
     srft.add_prior_gradient()
     expected = task_pos + prior_lambda(srft) * torch.autograd.grad(srft.prior_penalty(), pos)[0]
-    torch.testing.assert_close(pos.grad, expected, rtol=1e-5, atol=1e-7)
+    assert_close32(pos.grad, expected, reduction_size=6, depth=3)  # as in test_each_step_gets_its_own_prior_gradient
     fc1 = srft.base_model.fc1.weight.grad.clone()
     srft.add_prior_gradient()
     assert torch.equal(srft.base_model.fc1.weight.grad, fc1)

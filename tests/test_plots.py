@@ -54,12 +54,31 @@ def test_picture_is_about_1000_px_wide_whatever_the_number_of_tensors(depth, tmp
     assert width == 1000 and 600 <= height <= 800  # 12 blocks: 3 * 12 * 7 - 12 = 240 tensors, same size
 
 
-def test_a_model_without_numbered_blocks_still_draws(tmp_path):
-    prior = PriorSignificance({"fc.weight": KFACSignificance("fc.weight", torch.eye(4, 2), torch.eye(4, 2),
-                                                             torch.ones(2, 2)),
-                               "fc.bias": DiagonalSignificance("fc.bias", torch.ones(4))})
+def test_a_model_without_numbered_blocks_still_draws(tmp_path, monkeypatch):
+    """No numbered blocks: no heat maps; a bar per parameter (its mean significance, coloured by kind) and the
+    K-FAC entry's spectrum, largest first."""
+    from matplotlib.colors import to_rgba
+
+    import srft_peft.plots as plots
+
+    omega = torch.tensor([[3.0, 1.0], [0.5, 2.0]])
+    prior = PriorSignificance({"fc.weight": KFACSignificance("fc.weight", torch.eye(4, 2), torch.eye(4, 2), omega),
+                               "fc.bias": DiagonalSignificance("fc.bias", torch.tensor([1.0, 2.0, 3.0, 6.0]))})
+    figures = []
+    make_figure = plots._pyplot_free_figure
+    monkeypatch.setattr(plots, "_pyplot_free_figure", lambda *a: figures.append(make_figure(*a)) or figures[-1])
     with Image.open(plot_significance(prior, tmp_path / "mlp.png", "mlp")) as image:
         assert image.size[0] == 1000
+    (fig,) = figures
+    assert fig.get_suptitle() == "mlp"
+    spectra, bars = fig.axes  # no heat maps, no colorbar
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["fc.weight", "fc.bias"]
+    means = block_layout(prior)[1]
+    assert [p.get_width() for p in bars.patches] == pytest.approx([means["fc.weight"], means["fc.bias"]])
+    assert means["fc.bias"] == pytest.approx(3.0)
+    assert [p.get_facecolor() for p in bars.patches] == [to_rgba(plots.KIND_COLOURS[k]) for k in ("kfac", "diagonal")]
+    (line,) = spectra.get_lines()
+    assert line.get_label() == "fc.weight" and list(line.get_ydata()) == [3.0, 2.0, 1.0, 0.5]
 
 
 def test_plot_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 from engine_helpers import engine_copy, regularized_params, state_tensor
+from tolerances import assert_close32
 from torch import nn
 
 from srft_peft import SRFTConfig, get_srft_model
@@ -46,7 +47,8 @@ def test_fused_prior_gradient_equals_autograd(token_mlp, token_batches):
     ws = engine.layout.new_buffer()
     engine.prior_term.gradient_into_(params, ws)
     for name, got, ref in zip(srft.regularized_parameters, engine.layout.views(ws), expected):
-        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7, msg=name)
+        # float32: the fused gradient vs autograd of the penalty, products over widths <= 6 and rank <= 6, 3 deep
+        assert_close32(got, ref, reduction_size=6, depth=3, msg=name)
 
 
 def test_penalty_is_zero_at_anchor_and_grows(token_mlp, token_batches):
@@ -68,7 +70,9 @@ def test_grad_and_loss_modes_give_the_same_updates(token_mlp, token_batches, tra
     train(b, token_batches, srft=srft_b)
     assert srft_a.step == srft_b.step == 6
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=n)
+        # float32, two kernel paths (fused prior gradient vs autograd of the penalty in the loss, reductions over
+        # <= 6 features): a gradient's rounding (3 deep), carried through 6 AdamW steps
+        assert_close32(pa, pb, reduction_size=6, depth=3 * 6, msg=n)
     # the regularization did something
     plain = copy.deepcopy(token_mlp)
     train(plain, token_batches)

@@ -232,11 +232,63 @@ def _metrics_table(text: str) -> dict[str, tuple[float, ...]]:
     return rows
 
 
+# The README's tolerance per row (PR, NPR, SR), see README "Quickstart" and docs/tracking.md "Quick start". Start rows
+# (no training, shipped weights): float32 kernels of another CPU move a predicted box by a fraction of a pixel, which
+# changes a count only for a frame sitting at a threshold (20 px, 0.2 normalized, an IoU threshold) and, through the
+# next search crop, a few frames after it. One frame of a 24-frame sequence moves a row's mean by 100 / 23 / 80 = 0.05
+# (RGB-X, 80 sequences) or 0.11 (RGB, 40 sequences) points; +-0.5 allows about 4 such frames on the RGB set, 9 on RGB-X
+# (measured: 30.2 vs 30.1 NPR, about 2 frames). Fine-tuned rows add 150 steps of float32 training: +-2 PR / NPR, +-1 SR.
+START_TOLERANCE = (0.5, 0.5, 0.5)
+TRAINED_TOLERANCE = (2.0, 2.0, 1.0)
+
+
+def readme_row_mismatches(printed: dict[str, tuple[float, ...]],
+                          expected: dict[str, tuple[float, ...]]) -> list[tuple[str, tuple[float, ...]]]:
+    """The printed rows outside the README's tolerance of their README row (empty: the table is accepted)."""
+    bad = []
+    for name, values in printed.items():
+        tolerance = START_TOLERANCE if name.startswith("start") else TRAINED_TOLERANCE
+        # 1e-9: the printed and README values are decimals with one digit, their float difference is not exact
+        if not all(abs(a - b) <= t + 1e-9 for a, b, t in zip(values, expected[name], tolerance)):
+            bad.append((name, values))
+    return bad
+
+
+README_TABLE = """
+start: converted model (step 0)                RGB-X test  71.0  30.1  31.3
+srft                                           RGB-X test  81.0  40.5  37.7
+"""
+
+
+@pytest.mark.parametrize("line, accepted", [
+    ("start: converted model (step 0)                RGB-X test  71.0  30.2  31.3", True),  # measured on another CPU
+    ("start: converted model (step 0)                RGB-X test  71.0  30.1  31.3", True),
+    ("start: converted model (step 0)                RGB-X test  72.0  30.1  31.3", False),
+    ("start: converted model (step 0)                RGB-X test  71.0  30.1  30.7", False),
+    ("srft                                           RGB-X test  79.1  42.4  36.8", True),
+    ("srft                                           RGB-X test  81.0  40.5  38.8", False),
+])
+def test_readme_tolerance_accepts_the_other_cpu_start_row(line, accepted):
+    """The comparison of the demo test: the start row printed on another CPU (30.2 NPR for 30.1) is accepted, a start
+    row off by 1 PR or 0.6 SR is not; the srft row keeps +-2 PR / NPR, +-1 SR."""
+    expected = _metrics_table(README_TABLE)
+    printed = _metrics_table(line)
+    assert len(printed) == 1
+    assert (readme_row_mismatches(printed, expected) == []) is accepted
+
+
+def test_the_readme_states_a_tolerance_for_every_row():
+    """The README sentence under the table names both tolerances the demo test checks."""
+    text = (REPO / "README.md").read_text().split("## Quickstart", 1)[1].split("## ", 1)[0]
+    assert "±0.5 PR / NPR / SR" in text and "±1 SR and ±2 PR / NPR" in text
+    assert "same everywhere" not in text
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_make_demo_prints_the_readme_numbers(tmp_path):
-    """`make demo` (the example with no arguments, empty caches) prints the README's table: the start rows exactly (no
-    training), the fine-tuned rows within the README's tolerance (±1 SR, ±2 PR / NPR)."""
+    """`make demo` (the example with no arguments, empty caches) prints the README's table within the README's tolerance:
+    the start rows (no training) within ±0.5, the fine-tuned rows within ±1 SR, ±2 PR / NPR."""
     expected = _metrics_table((REPO / "README.md").read_text().split("## Quickstart", 1)[1].split("## ", 1)[0])
     assert len(expected) == 4
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", SRFT_DEMO_ROOT=str(tmp_path / "demo"),
@@ -246,6 +298,4 @@ def test_make_demo_prints_the_readme_numbers(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = _metrics_table(proc.stdout)
     assert printed.keys() == expected.keys()
-    for name, values in printed.items():
-        tolerance = (0.0, 0.0, 0.0) if name.startswith("start") else (2.0, 2.0, 1.0)  # PR, NPR, SR
-        assert all(abs(a - b) <= t + 1e-9 for a, b, t in zip(values, expected[name], tolerance)), (name, values)
+    assert readme_row_mismatches(printed, expected) == [], proc.stdout[-3000:]

@@ -14,9 +14,11 @@ import pytest
 import torch
 import torch.nn as nn
 from accelerate.state import AcceleratorState, GradientState
+from engine_helpers import prior_lambda
 from safetensors.torch import load_file
+from tolerances import assert_close32
 
-from srft_peft import SRFTConfig, SRFTModel, get_srft_model
+from srft_peft import SRFTConfig, get_srft_model
 from srft_peft.tracking import OSTrackRGBX, TrackerConfig, load_tracker
 from srft_peft.tracking.train import (
     FinetuneConfig,
@@ -30,9 +32,6 @@ from srft_peft.tracking.train import (
 )
 from srft_peft.tracking.train import finetune as finetune_module
 from srft_peft.tracking.train.data import load_rgbx_splits, truncate_sequence
-
-needs_add_prior_gradient = pytest.mark.skipif(not hasattr(SRFTModel, "add_prior_gradient"),
-                                              reason="SRFTModel.add_prior_gradient (branch clip) not merged yet")
 
 
 # --- configuration ------------------------------------------------------------------------------------------------
@@ -70,44 +69,62 @@ def test_recipe_fields_have_flags_and_reach_the_srft_config():
 
 
 # --- clip_order ---------------------------------------------------------------------------------------------------
-def _clipped_step(apply: str, clip_order: str, max_norm: float = 0.05) -> dict[str, torch.Tensor]:
-    """One SGD step of a small model under L2-SP-like SRFT (uniform prior, no transfer) with weights moved away from
-    theta0, through :func:`clip_gradients`; with ``apply="loss"`` the penalty is in the loss."""
+def _clipped_step(apply: str, clip_order: str, max_norm: float = 0.05,
+                  record: dict | None = None) -> dict[str, torch.Tensor]:
+    """One SGD step (lr 0.5) of a small float64 model under L2-SP-like SRFT (uniform prior, no transfer) with weights
+    moved away from theta0, through :func:`clip_gradients`; with ``apply="loss"`` the penalty is in the loss.
+    ``record`` receives theta0, theta, the task gradient (before clipping) and lambda_p of the step."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    theta0 = {k: v.detach().clone() for k, v in model.named_parameters()}
     srft = get_srft_model(model, SRFTConfig(apply=apply, lambda_transfer=0.0, lambda_prior=3.0, total_steps=10))
     srft.set_prior(uniform_prior(srft))
     optimizer = torch.optim.SGD(srft.parameters(), lr=0.5)
     srft.attach(optimizer)
     with torch.no_grad():
         for p in srft.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     loss = srft(x).pow(2).mean()
     if apply == "loss":
         loss = loss + srft.srft_loss()
     loss.backward()
+    if record is not None:
+        record.update(theta0=theta0, lam=prior_lambda(srft),
+                      theta={k: v.detach().clone() for k, v in model.named_parameters()},
+                      task={k: v.grad.clone() for k, v in model.named_parameters()})
     accelerator = types.SimpleNamespace(clip_grad_norm_=torch.nn.utils.clip_grad_norm_, scaler=None)
     clip_gradients(accelerator, srft, list(srft.parameters()), max_norm, clip_order)
     optimizer.step()
     return {k: v.detach().clone() for k, v in srft.get_base_model().state_dict().items()}
 
 
-@needs_add_prior_gradient
+# float64 weights, but SRFT computes the prior gradient on float32 copies: theta - theta0 rounded once (eps |theta|)
+# and, in the norm of the total gradient, a float32 sum over the 83 weights
 def test_clip_order_total_equals_clipping_the_loss_with_the_penalty():
     total = _clipped_step("grad", "total")
     in_loss = _clipped_step("loss", "total")
     task = _clipped_step("grad", "task")
     for key in total:
-        torch.testing.assert_close(total[key], in_loss[key], rtol=1e-5, atol=1e-6)
+        assert_close32(total[key], in_loss[key], reduction_size=83, depth=2)
     assert any(not torch.allclose(total[k], task[k], atol=1e-4) for k in total)  # the order changes the update
 
 
 def test_clip_order_task_leaves_the_prior_gradient_outside_the_clip():
-    """'task': the step is the clipped task gradient plus the unclipped prior gradient (the first recipe's order)."""
-    task = _clipped_step("grad", "task")
-    unclipped = _clipped_step("grad", "task", max_norm=0.0)
-    assert any(not torch.allclose(task[k], unclipped[k], atol=1e-4) for k in task)
+    """'task': the step is the clipped task gradient plus the unclipped prior gradient (the first recipe's order):
+    theta - lr * (clip(g_task) + lambda_p * (theta - theta0)), L2-SP's R = 1/2 ||theta - theta0||^2, in float64."""
+    seen: dict = {}
+    got = _clipped_step("grad", "task", max_norm=0.05, record=seen)
+    norm = torch.cat([g.flatten() for g in seen["task"].values()]).norm()
+    assert norm > 4 * 0.05  # the clip acts
+    scale = 0.05 / (float(norm) + 1e-6)  # torch's clip_grad_norm_ coefficient
+    for key, theta in seen["theta"].items():
+        prior = seen["lam"] * (theta - seen["theta0"][key])
+        expected = theta - 0.5 * (scale * seen["task"][key] + prior)
+        assert_close32(got[key], expected, reduction_size=1, depth=2)  # the float32 copy of theta - theta0
+        clipped_total = theta - 0.5 * scale * (seen["task"][key] + prior)  # the other order, for contrast
+        assert not torch.allclose(got[key], clipped_total, atol=1e-4)
+    assert seen["lam"] > 0
 
 
 # --- prior_scope --------------------------------------------------------------------------------------------------

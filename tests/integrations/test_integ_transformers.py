@@ -12,6 +12,7 @@ import types
 import pytest
 import torch
 from _integ_common import calibration_batches, examples, flat_params, make_hf_srft, tiny_hf_vit
+from tolerances import assert_close32, float32_rtol
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from srft_peft import SRFTModel
@@ -216,7 +217,35 @@ def test_callback_grad_mode_works_on_the_bare_model(accelerate_state, tmp_path):
 
 
 def test_calibration_batches_are_trainer_compatible():
-    # the HF model returns .loss on these batches, so estimate_prior uses the model's own objective
-    srft = make_hf_srft(estimate=False)
-    prior = srft.estimate_prior(calibration_batches(), progress=False)
-    assert prior.objective == "model_loss"
+    """The calibration batches are what the Trainer feeds (its default collator over their examples); the HF model
+    returns .loss on them, so estimate_prior uses the model's own objective, and its statistics and prior are those of
+    the direct path: an explicit cross-entropy loss_fn on the logits."""
+    import torch.nn.functional as F
+    from transformers import default_data_collator
+
+    from srft_peft.significance.estimation import collect_statistics
+
+    batches = calibration_batches()
+    for batch in batches:
+        collated = default_data_collator([{k: v[i] for k, v in batch.items()} for i in range(len(batch["labels"]))])
+        assert collated.keys() == batch.keys() and all(torch.equal(collated[k], batch[k]) for k in batch)
+
+    def cross_entropy(model, batch):
+        return F.cross_entropy(model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
+
+    srft, direct = make_hf_srft(estimate=False), make_hf_srft(estimate=False)
+    model = srft.base_model
+    for batch in batches:  # the same loss; transformers may reduce it in another order (a sum over 4 examples)
+        assert_close32(model(**batch).loss.detach(), cross_entropy(model, batch).detach(), reduction_size=4)
+    stats = [collect_statistics(m.base_model, m.regularized_targets, batches, m.srft_config, loss_fn=fn, progress=False)
+             for m, fn in ((srft, None), (direct, cross_entropy))]
+    assert (stats[0].objective, stats[1].objective) == ("model_loss", "loss_fn")
+    for name, (A, S) in stats[1].factors.items():
+        # float32 factors over 4 batches x 4 examples x up to 5 tokens, through the 2-layer network and back
+        assert_close32(stats[0].factors[name][0], A, reduction_size=80, depth=4)
+        assert_close32(stats[0].factors[name][1], S, reduction_size=80, depth=4)
+    for name, fisher in stats[1].fisher.items():
+        assert_close32(stats[0].fisher[name], fisher, reduction_size=80, depth=4)
+    prior, ref = srft.estimate_prior(batches, progress=False), direct.estimate_prior(batches, cross_entropy, progress=False)
+    assert prior.objective == "model_loss" and prior.entries.keys() == ref.entries.keys()
+    assert prior.normalizer == pytest.approx(ref.normalizer, rel=float32_rtol(80, depth=4))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import float32_rtol
 
 from srft_peft.tracking import OSTrackRGBX, Tracker, TrackerConfig
 from srft_peft.tracking.checkpoint_io import load_tracker, save_tracker
@@ -196,8 +197,12 @@ def test_tracker_output_matches_reference(ce_model):
     frames = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(4)]
     boxes, scores = Tracker(ce_model).run_sequence(frames, (50, 30, 20, 16))
     ref_boxes, ref_scores = Tracker(ReferenceModel(ce_model)).run_sequence(frames, (50, 30, 20, 16))
-    np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)
-    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    # float32 networks by two kernel paths (widths <= 256, about 4 reductions per block over 4 blocks): each frame's
+    # box sets the next crop, so the rounding is carried over the 4 frames; boxes in pixels of a 128 px image
+    # (MKL_CBWR=COMPATIBLE measured 1.9e-3 px, 1.2e-4 relative, against a former atol of 1e-3 px)
+    rtol = float32_rtol(256, depth=4 * 4)
+    np.testing.assert_allclose(boxes, ref_boxes, rtol=rtol, atol=rtol * 128)
+    np.testing.assert_allclose(scores, ref_scores, rtol=rtol, atol=rtol)
 
 
 # --- RGB-X modes ----------------------------------------------------------------------------------------------------

@@ -216,11 +216,19 @@ def test_trainable_parameter_sets(mode):
     assert "trainable%" in str(count)
 
 
-@pytest.mark.parametrize("variant", ["small", "base"])
-def test_prompt_mode_trains_under_five_percent(variant):
+@pytest.mark.parametrize("variant, layers", [("small", None), ("base", None), ("base", (0, 5, 11))])
+def test_prompt_mode_trains_under_five_percent(variant, layers):
+    """Trainable: the X patch embedding (3 p^2 D + D) and per prompt layer two LayerNorms (4 D), down_rgb and down_x
+    (D h + h each) and up (h D + D), counted from the config; under 5 % of the tracker."""
+    cfg = TrackerConfig(variant=variant, mode="prompt", prompt_layers=layers)
     with torch.device("meta"):  # no memory, no init cost
-        count = OSTrackRGBX(TrackerConfig(variant=variant, mode="prompt")).count_parameters()
-    assert 0 < count.trainable_percent < 5
+        count = OSTrackRGBX(cfg).count_parameters()
+    D, h, p = cfg.embed_dim, cfg.prompt_dim, cfg.patch_size
+    expected = 3 * p * p * D + D + len(cfg.prompt_layers) * (4 * D + 2 * (D * h + h) + h * D + D)
+    assert len(cfg.prompt_layers) == (12 if layers is None else 3)
+    assert count.trainable == expected
+    assert count.trainable_percent == pytest.approx(100 * expected / count.total, rel=1e-12)
+    assert count.trainable_percent < 5
 
 
 @pytest.mark.parametrize("mode", ["dual_stream", "prompt"])
