@@ -26,12 +26,12 @@ from torch import nn
 
 from .checkpoint import (
     PathLike,
-    apply_checkpoint,
+    SignificanceCheckpoint,
     config_with_overrides,
     load_significance_checkpoint,
-    load_training_state,
+    matching_prior,
     save_significance,
-    training_state,
+    transfer_snapshot,
 )
 from .config import SRFTConfig
 from .forwarding import accepts_loss_kwargs, eager_module, with_forward_signature
@@ -320,12 +320,12 @@ class SRFTModel(nn.Module):
 
     def training_state(self) -> dict[str, Any]:
         """``{"engine": srft_state_dict(), "prior": prior.to_state()}``: everything to resume exactly, also the prior
-        (see :func:`srft_peft.checkpoint.training_state`)."""
-        return training_state(self._engine)
+        (see :mod:`srft_peft.regularizer.state`)."""
+        return self._engine.training_state()
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Install a :meth:`training_state`: the prior, then the anchors, statistics and step; validated first."""
-        load_training_state(self._engine, state)
+        self._engine.load_training_state(state)
 
     def sync_srft_state(self, src: int = 0) -> None:
         """Make the SRFT state of every process equal to process ``src``'s (one broadcast per tensor; no-op in a single
@@ -365,7 +365,7 @@ class SRFTModel(nn.Module):
             >>> srft.save_pretrained("ostrack256-rgb-significance")  # doctest: +SKIP
         """
         if is_main_process:
-            save_significance(self._engine, self.base_model, save_directory, include_transfer_state)
+            self._save_significance(save_directory, include_transfer_state)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,
@@ -382,7 +382,7 @@ class SRFTModel(nn.Module):
             raise ValueError("the model is already an SRFTModel; use srft.load_significance(...)")
         checkpoint = load_significance_checkpoint(dir_or_repo_id, revision, cache_dir=cache_dir, token=token)
         srft = cls(model, config_with_overrides(checkpoint, config_overrides))
-        apply_checkpoint(srft._engine, checkpoint)
+        srft._apply_checkpoint(checkpoint)
         return srft
 
     def load_significance(self, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,
@@ -394,7 +394,7 @@ class SRFTModel(nn.Module):
             >>> prior = srft.load_significance("ostrack256-rgb-significance")  # doctest: +SKIP
         """
         checkpoint = load_significance_checkpoint(dir_or_repo_id, revision, cache_dir=cache_dir, token=token)
-        return apply_checkpoint(self._engine, checkpoint)
+        return self._apply_checkpoint(checkpoint)
 
     def push_to_hub(self, repo_id: str, private: Optional[bool] = None,
                     commit_message: str = "Upload SRFT significance", token: Union[str, bool, None] = None,
@@ -405,9 +405,27 @@ class SRFTModel(nn.Module):
             >>> srft.push_to_hub("user/ostrack256-rgb-significance").commit_url  # doctest: +SKIP
         """
         def write(folder: Path) -> Path:
-            return save_significance(self._engine, self.base_model, folder, include_transfer_state, repo_id)
+            return self._save_significance(folder, include_transfer_state, repo_id)
 
         return push_folder(repo_id, write, private=private, commit_message=commit_message, token=token)
+
+    def _save_significance(self, folder: PathLike, include_transfer_state: bool,
+                           repo_id: Optional[str] = None) -> Path:
+        engine = self._engine
+        transfer = engine.transfer_snapshot() if include_transfer_state else None
+        return save_significance(engine.prior, engine.config, engine.targets, self.base_model, folder, transfer,
+                                 repo_id)
+
+    def _apply_checkpoint(self, checkpoint: SignificanceCheckpoint) -> PriorSignificance:
+        """Validate ``checkpoint`` against the regularized parameters, then set its prior (anchored at the current
+        weights) and transfer state. Nothing is changed when validation fails."""
+        engine = self._engine
+        prior = matching_prior(checkpoint, engine.targets)
+        engine.set_prior(prior)
+        transfer = transfer_snapshot(checkpoint)
+        if transfer is not None:
+            engine.load_transfer_snapshot(transfer)
+        return prior
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
