@@ -35,8 +35,8 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +48,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import atomic
 from ._version import __version__
 from .card import MODEL_CARD_NAME, is_generated_card, model_card
 from .config import SRFTConfig
@@ -57,13 +58,19 @@ from .significance.prior import DIAGONAL_SOURCES, DiagonalSignificance, KFACSign
 from .targeting import Target, calibration_targets
 
 CONFIG_NAME = "srft_config.json"
+#: The tensors file of format-1 checkpoints (read, never written): a fixed name, replaced in place.
 SIGNIFICANCE_NAME = "significance.safetensors"
-FORMAT_VERSION = 1
+#: The tensors file since format 2: named by its content, ``significance-<first 16 hex of its sha256>.safetensors``,
+#: and referenced by ``srft_config.json`` (key ``significance_file``), whose rename commits a save.
+SIGNIFICANCE_PATTERN = re.compile(r"significance-[0-9a-f]{16}\.safetensors")
+#: A glob matching the tensors files of every format (for deleting a previous save's on the Hub).
+TENSORS_FILE_GLOB = "significance*.safetensors"
+FORMAT_VERSION = 2
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 #: Keys of ``srft_config.json`` besides the SRFTConfig fields.
 METADATA_KEYS = ("format_version", "library_name", "library_version", "base_model", "calibration", "normalizer",
-                 "dtypes", "fingerprint", "entries", "transfer_state", "significance_sha256")
+                 "dtypes", "fingerprint", "entries", "transfer_state", "significance_file", "significance_sha256")
 #: The SRFTConfig fields, stored at the top level of ``srft_config.json``.
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SRFTConfig))
 #: Keys a checkpoint cannot be read without.
@@ -123,6 +130,11 @@ class SignificanceCheckpoint:
     step: Optional[int] = None
     transfer_v: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
+    @property
+    def tensors_path(self) -> Path:
+        """The tensors file the config names (``significance-<sha>.safetensors``; format 1: the fixed name)."""
+        return self.folder / self.metadata.get("significance_file", SIGNIFICANCE_NAME)
+
 
 # --- writing --------------------------------------------------------------------------------------------------------
 def save_significance(prior: Optional[PriorSignificance], config: SRFTConfig, targets: Sequence[Target],
@@ -162,59 +174,103 @@ def save_significance(prior: Optional[PriorSignificance], config: SRFTConfig, ta
     }
     tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
 
-    def write_tensors(path: Path) -> None:
-        save_file(tensors, str(path), metadata={"format": "pt", "srft_format_version": str(FORMAT_VERSION)})
-
-    def write_config(path: Path) -> None:  # records the tensors file's hash: a folder mixing two saves is refused
-        meta["significance_sha256"] = file_sha256(path.with_name(SIGNIFICANCE_NAME))
-        path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
-    card = model_card(meta, repo_id, SIGNIFICANCE_NAME)
-    files = {SIGNIFICANCE_NAME: write_tensors, MODEL_CARD_NAME: lambda path: path.write_text(card, encoding="utf-8"),
-             CONFIG_NAME: write_config}
     folder = Path(save_directory)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"cannot save the significance checkpoint to {str(folder)!r}: it is a file")
     readme = folder / MODEL_CARD_NAME
-    if readme.exists() and not is_generated_card(readme):
+    write_card = not readme.exists() or is_generated_card(readme)
+    if not write_card:
         warnings.warn(f"{str(readme)!r} was not written by srft-peft: it is kept and no model card is written",
                       stacklevel=3)
-        del files[MODEL_CARD_NAME]
-    write_atomically(folder, files)
+    write_checkpoint(folder, tensors, meta, (lambda name: model_card(meta, repo_id, name)) if write_card else None)
     return folder
 
 
-def write_atomically(folder: Path, writers: dict[str, Callable[[Path], None]]) -> None:
-    """Run each ``writers[name](path)`` (in order) to write ``name`` into a temporary folder beside ``folder``, then move
-    the files in (a new ``folder`` is the temporary folder renamed).
+def write_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                     card: Optional[Callable[[str], str]] = None) -> None:
+    """Write ``tensors`` and the config ``meta`` (and ``card(tensors file name)`` as README.md) into ``folder`` so that
+    a crash at any moment leaves the old checkpoint or the new one, never a mix.
 
-    A failure while writing (a full disk) leaves ``folder`` as it was (a new folder is not created) and raises
-    ``OSError`` naming ``folder``; files of ``folder`` that are not in ``writers`` are never touched.
+    In an existing folder: the tensors go to a new content-named file ``significance-<sha>.safetensors``, then the
+    config that names it replaces ``srft_config.json`` (the one commit point: readers follow the config), then the
+    model card, and only then are the tensors files no config names any more removed (the previous save's, a format-1
+    ``significance.safetensors``, those of a killed save). A new folder is filled as a temporary folder beside it and
+    renamed into place. Temporary files of killed saves are removed first (:func:`srft_peft.atomic.remove_stale`);
+    files that are not the checkpoint's are never touched. A failure before the commit (a full disk) raises
+    ``OSError`` naming ``folder`` and leaves it as it was.
     """
-    parent = folder.absolute().parent
     where = f"cannot save the significance checkpoint to {str(folder)!r}"
+    created = not folder.exists()
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".{folder.name}.srft-tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
+        folder.absolute().parent.mkdir(parents=True, exist_ok=True)
+        atomic.remove_stale(folder)
+        target = folder.absolute().parent / atomic.temp_name(f".{folder.name}") if created else folder
+        target.mkdir(exist_ok=not created)
     except OSError as e:
         raise OSError(f"{where}: {e}") from e
+    tensors_path: Optional[Path] = None
+    existed = False
     try:
-        try:
-            for name, write in writers.items():
-                write(tmp / name)
-        except (OSError, SafetensorError) as e:
+        def tensors_name(path: Path) -> str:  # content-named: the config, renamed last, picks the file
+            nonlocal tensors_path, existed
+            meta["significance_sha256"] = file_sha256(path)
+            meta["significance_file"] = f"significance-{meta['significance_sha256'][:16]}.safetensors"
+            tensors_path = target / meta["significance_file"]
+            existed = tensors_path.exists()
+            return meta["significance_file"]
+
+        atomic.write_file(target, tensors_name, lambda path: save_file(
+            tensors, str(path), metadata={"format": "pt", "srft_format_version": str(FORMAT_VERSION)}))
+        atomic.write_file(target, CONFIG_NAME,
+                          lambda path: path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
+    except (OSError, SafetensorError) as e:
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        elif tensors_path is not None and not existed:
+            tensors_path.unlink(missing_ok=True)
+        raise OSError(f"{where} (nothing there was changed): {e}") from e
+    try:
+        atomic.fsync_path(target)
+        if card is not None:
+            atomic.write_file(target, MODEL_CARD_NAME, lambda path: path.write_text(card(tensors_path.name),
+                                                                                   encoding="utf-8"))
+        for old in target.iterdir():
+            if old.name != tensors_path.name and is_tensors_file_name(old.name):
+                old.unlink(missing_ok=True)
+        if created:
+            os.replace(target, folder)
+            atomic.fsync_path(folder.absolute().parent)
+    except OSError as e:
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
             raise OSError(f"{where} (nothing there was changed): {e}") from e
-        try:
-            if folder.exists():
-                for name in writers:  # in the writers' order: the config (what makes a folder a checkpoint) last
-                    os.replace(tmp / name, folder / name)
-            else:
-                os.replace(tmp, folder)
-        except OSError as e:
-            raise OSError(f"{where}: moving the written files in failed: {e}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"{where}: the checkpoint was saved, but tidying up after it failed: {e}") from e
+
+
+def tensors_file_name(path: Path, meta: dict[str, Any]) -> str:
+    """The tensors file the config ``meta`` (read from ``path``) names: its ``significance_file`` (format 2), else the
+    fixed :data:`SIGNIFICANCE_NAME` (format 1). Raises ``ValueError`` for anything but such a plain file name."""
+    name = meta.get("significance_file", SIGNIFICANCE_NAME)
+    if not isinstance(name, str) or not is_tensors_file_name(name):
+        raise ValueError(f"{path}: significance_file must be a file name significance-<16 hex digits>.safetensors, "
+                         f"got {name!r}")
+    return name
+
+
+def significance_path(folder: PathLike) -> Path:
+    """The tensors file of the checkpoint in ``folder``: the one its ``srft_config.json`` names.
+
+    Example:
+        >>> significance_path("path/to/folder").name  # doctest: +SKIP
+        'significance-3f6c2a9e81b04d7c.safetensors'
+    """
+    folder = Path(folder)
+    return folder / tensors_file_name(folder / CONFIG_NAME, read_config(folder)[0])
+
+
+def is_tensors_file_name(name: str) -> bool:
+    """Whether ``name`` is a checkpoint's tensors file: format 2's content-named one or format 1's fixed name."""
+    return name == SIGNIFICANCE_NAME or SIGNIFICANCE_PATTERN.fullmatch(name) is not None
 
 
 def file_sha256(path: Path) -> str:
@@ -266,7 +322,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         pickles = sorted(p.name for p in path.parent.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
-            raise ValueError(f"{path.parent} holds {pickles} but no {SIGNIFICANCE_NAME}: pickle files are not loaded "
+            raise ValueError(f"{path.parent} holds {pickles} but no {path.name}: pickle files are not loaded "
                              "because unpickling can execute arbitrary code; save significance with safetensors")
         raise FileNotFoundError(f"{str(path)!r} not found: not a folder written by SRFTModel.save_pretrained")
     try:
@@ -369,6 +425,10 @@ def read_checkpoint(folder: PathLike) -> SignificanceCheckpoint:
     folder = Path(folder)
     meta, config = read_config(folder)
     path = folder / CONFIG_NAME
+    tensors_path = folder / tensors_file_name(path, meta)
+    if not tensors_path.is_file():  # a save may have committed a new config since it was read: follow that one
+        meta, config = read_config(folder)
+        tensors_path = folder / tensors_file_name(path, meta)
     entries = meta["entries"]
     if not isinstance(entries, dict) or not entries:
         raise ValueError(f"{path}: 'entries' must be a non-empty object of per-parameter records")
@@ -378,8 +438,6 @@ def read_checkpoint(folder: PathLike) -> SignificanceCheckpoint:
         raise ValueError(f"{path}: the fingerprint does not match the entries (the file was edited or corrupted)")
     _check_metadata(path, meta)
     transfer = meta.get("transfer_state")
-
-    tensors_path = folder / SIGNIFICANCE_NAME
     tensors = _read_tensors(tensors_path)
     expected = _expected_tensors(entries, transfer)
     for key, (owner, shape) in expected.items():
@@ -427,8 +485,12 @@ def load_significance_checkpoint(dir_or_repo_id: PathLike, revision: Optional[st
         >>> ckpt = load_significance_checkpoint("path/to/folder")  # doctest: +SKIP
         >>> ckpt.metadata["fingerprint"], len(ckpt.prior.entries)  # doctest: +SKIP
     """
-    folder = resolve_folder(dir_or_repo_id, [CONFIG_NAME, SIGNIFICANCE_NAME], revision, cache_dir=cache_dir,
-                            token=token)
+    def tensors_file(folder: Path) -> list[str]:
+        meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        return [tensors_file_name(folder / CONFIG_NAME, meta if isinstance(meta, dict) else {})]
+
+    folder = resolve_folder(dir_or_repo_id, [CONFIG_NAME], revision, cache_dir=cache_dir, token=token,
+                            then=tensors_file)
     return read_checkpoint(folder)
 
 
@@ -443,12 +505,12 @@ def check_matches(checkpoint: SignificanceCheckpoint, targets: Sequence[Target])
         missing = [n for n in names if n not in checkpoint.transfer_v]
         if checkpoint.transfer_v and (missing or len(checkpoint.transfer_v) != len(names)):
             extra = next((n for n in checkpoint.transfer_v if n not in names), None)
-            raise ValueError(f"{checkpoint.folder / SIGNIFICANCE_NAME}: the transfer state v does not match this "
+            raise ValueError(f"{checkpoint.tensors_path}: the transfer state v does not match this "
                              f"model's regularized parameters (missing {missing[:1]}, unexpected {extra!r})")
         for t in targets:
             v = checkpoint.transfer_v.get(t.name)
             if v is not None and tuple(v.shape) != tuple(t.param.shape):
-                raise ValueError(f"{checkpoint.folder / SIGNIFICANCE_NAME}: tensor 'transfer.v.{t.name}' has shape "
+                raise ValueError(f"{checkpoint.tensors_path}: tensor 'transfer.v.{t.name}' has shape "
                                  f"{tuple(v.shape)}, the parameter {tuple(t.param.shape)}")
         return
     where = f"{checkpoint.folder / CONFIG_NAME} does not match this model (fingerprint {saved[:12]}... here {here[:12]}...)"

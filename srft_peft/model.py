@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import (
+    TENSORS_FILE_GLOB,
     PathLike,
     SignificanceCheckpoint,
     config_with_overrides,
@@ -407,7 +408,8 @@ class SRFTModel(nn.Module):
         def write(folder: Path) -> Path:
             return self._save_significance(folder, include_transfer_state, repo_id)
 
-        return push_folder(repo_id, write, private=private, commit_message=commit_message, token=token)
+        return push_folder(repo_id, write, private=private, commit_message=commit_message, token=token,
+                           delete_patterns=[TENSORS_FILE_GLOB])
 
     def _save_significance(self, folder: PathLike, include_transfer_state: bool,
                            repo_id: Optional[str] = None) -> Path:
