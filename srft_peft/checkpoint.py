@@ -56,6 +56,7 @@ from .hub import resolve_folder
 from .regularizer.state import TransferSnapshot, is_count
 from .significance.prior import DIAGONAL_SOURCES, DiagonalSignificance, KFACSignificance, PriorSignificance
 from .targeting import Target, calibration_targets
+from .weights import WEIGHTS_NAME
 
 CONFIG_NAME = "srft_config.json"
 #: The tensors file of format-1 checkpoints (read, never written): a fixed name, replaced in place.
@@ -70,7 +71,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 #: Keys of ``srft_config.json`` besides the SRFTConfig fields.
 METADATA_KEYS = ("format_version", "library_name", "library_version", "base_model", "calibration", "normalizer",
-                 "dtypes", "fingerprint", "entries", "transfer_state", "significance_file", "significance_sha256")
+                 "dtypes", "fingerprint", "entries", "transfer_state", "significance_file", "significance_sha256",
+                 "weights_file")
 #: The SRFTConfig fields, stored at the top level of ``srft_config.json``.
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SRFTConfig))
 #: Keys a checkpoint cannot be read without.
@@ -135,14 +137,21 @@ class SignificanceCheckpoint:
         """The tensors file the config names (``significance-<sha>.safetensors``; format 1: the fixed name)."""
         return self.folder / self.metadata.get("significance_file", SIGNIFICANCE_NAME)
 
+    @property
+    def weights_path(self) -> Optional[Path]:
+        """The fine-tuned weights saved with the significance (``SRFTModel.save_pretrained(dir, state_dict=...)``,
+        ``SRFTTrainer.save_model``), or ``None``."""
+        name = self.metadata.get("weights_file")
+        return self.folder / name if name else None
+
 
 # --- writing --------------------------------------------------------------------------------------------------------
 def save_significance(prior: Optional[PriorSignificance], config: SRFTConfig, targets: Sequence[Target],
                       base_model: nn.Module, save_directory: PathLike, transfer: Optional[TransferSnapshot] = None,
-                      repo_id: Optional[str] = None) -> Path:
-    """Write ``srft_config.json``, ``significance.safetensors`` and ``README.md`` of ``prior`` (the significance of the
-    regularized ``targets``), ``config`` and, optionally, the ``transfer`` state into ``save_directory``;
-    ``base_model`` is described in the metadata."""
+                      repo_id: Optional[str] = None, weights_file: Optional[str] = None) -> Path:
+    """Write ``srft_config.json``, ``significance-<sha>.safetensors`` and ``README.md`` of ``prior`` (the significance
+    of the regularized ``targets``), ``config`` and, optionally, the ``transfer`` state into ``save_directory``;
+    ``base_model`` is described in the metadata, ``weights_file`` names fine-tuned weights already written there."""
     if prior is None:
         raise RuntimeError("no prior significance to save: call srft.estimate_prior(...) or load one first")
     keyed = calibration_targets(list(targets))
@@ -171,6 +180,7 @@ def save_significance(prior: Optional[PriorSignificance], config: SRFTConfig, ta
         "fingerprint": fingerprint((n, shapes[n], e.kind) for n, e in entries.items()),
         "entries": {name: entry_metadata(e, shapes[name]) for name, e in entries.items()},
         "transfer_state": transfer_state,
+        "weights_file": weights_file,
     }
     tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
 
@@ -182,7 +192,8 @@ def save_significance(prior: Optional[PriorSignificance], config: SRFTConfig, ta
     if not write_card:
         warnings.warn(f"{str(readme)!r} was not written by srft-peft: it is kept and no model card is written",
                       stacklevel=3)
-    write_checkpoint(folder, tensors, meta, (lambda name: model_card(meta, repo_id, name)) if write_card else None)
+    card = (lambda name: model_card(meta, repo_id, name, weights_file)) if write_card else None
+    write_checkpoint(folder, tensors, meta, card)
     return folder
 
 
@@ -220,7 +231,7 @@ def write_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[
             return meta["significance_file"]
 
         atomic.write_file(target, tensors_name, lambda path: save_file(
-            tensors, str(path), metadata={"format": "pt", "srft_format_version": str(FORMAT_VERSION)}))
+            tensors, str(path), metadata={"format": "pt"}))  # one key: safetensors writes several in random order
         atomic.write_file(target, CONFIG_NAME,
                           lambda path: path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
     except (OSError, SafetensorError) as e:
@@ -374,6 +385,7 @@ def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
     check("normalizer", isinstance(normalizer, (int, float)) and not isinstance(normalizer, bool)
           and math.isfinite(normalizer) and normalizer > 0, "a finite positive number")
     check("library_version", isinstance(meta.get("library_version", ""), str), "a string")
+    check("weights_file", meta.get("weights_file") in (None, WEIGHTS_NAME), f"{WEIGHTS_NAME!r} or null")
     digest = meta.get("significance_sha256")
     check("significance_sha256", digest is None or (isinstance(digest, str) and len(digest) == 64
                                                     and all(c in "0123456789abcdef" for c in digest)),
@@ -487,7 +499,9 @@ def load_significance_checkpoint(dir_or_repo_id: PathLike, revision: Optional[st
     """
     def tensors_file(folder: Path) -> list[str]:
         meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        return [tensors_file_name(folder / CONFIG_NAME, meta if isinstance(meta, dict) else {})]
+        meta = meta if isinstance(meta, dict) else {}
+        weights = [WEIGHTS_NAME] if meta.get("weights_file") == WEIGHTS_NAME else []
+        return [tensors_file_name(folder / CONFIG_NAME, meta)] + weights
 
     folder = resolve_folder(dir_or_repo_id, [CONFIG_NAME], revision, cache_dir=cache_dir, token=token,
                             then=tensors_file)

@@ -41,6 +41,7 @@ from .regularizer.engine import SRFTEngine
 from .significance.estimation import LossFn, estimate_prior_significance, model_loss
 from .significance.prior import PriorSignificance
 from .targeting import LORA_KINDS, Target, calibration_targets, same_device_dtype, select_targets
+from .weights import load_weights, read_weights, save_weights
 
 #: For each accelerator, the models whose :class:`SRFTState` it checkpoints (each is registered once).
 _CHECKPOINTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -357,16 +358,27 @@ class SRFTModel(nn.Module):
 
     # --- significance checkpoints (srft_peft.checkpoint) -------------------------------------------------------------
     def save_pretrained(self, save_directory: PathLike, include_transfer_state: bool = False,
-                        is_main_process: bool = True) -> None:
-        """Write the prior significance (and, optionally, the transfer state v and step) to ``save_directory``; not the
-        model weights (``srft.unload().save_pretrained(...)`` or the base library's own saving write those). Other
-        processes than the main one (``is_main_process=False``, as in peft) write nothing.
+                        is_main_process: bool = True, state_dict: Optional[dict[str, torch.Tensor]] = None,
+                        **kwargs: Any) -> None:
+        """Write the prior significance (and, optionally, the transfer state v and step) to ``save_directory``. With
+        ``state_dict`` (the wrapped model's weights, e.g. ``srft.state_dict()``; what ``SRFTTrainer.save_model``
+        passes) also the fine-tuned weights, ``model.safetensors`` (+ the base model's ``config.json``), which
+        :meth:`from_pretrained` then loads. Other processes than the main one (``is_main_process=False``, as in peft)
+        write nothing. Further keyword arguments of transformers' ``save_pretrained`` (``safe_serialization``, ...)
+        are accepted and ignored: SRFT writes safetensors only.
 
         Example:
             >>> srft.save_pretrained("ostrack256-rgb-significance")  # doctest: +SKIP
+            >>> srft.save_pretrained("finetuned-rgbt", state_dict=srft.state_dict())  # doctest: +SKIP
         """
-        if is_main_process:
-            self._save_significance(save_directory, include_transfer_state)
+        if not is_main_process:
+            return
+        weights_file = None
+        if state_dict is not None:
+            folder = Path(save_directory)
+            folder.mkdir(parents=True, exist_ok=True)
+            weights_file = save_weights(folder, state_dict, self.base_model).name
+        self._save_significance(save_directory, include_transfer_state, weights_file=weights_file)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,
@@ -374,7 +386,9 @@ class SRFTModel(nn.Module):
                         **config_overrides: Any) -> SRFTModel:
         """Wrap ``model`` with a saved config (``config_overrides`` applied) and load its significance; the anchor
         theta0 is ``model``'s current weights. Fields that define the significance
-        (:data:`srft_peft.checkpoint.ESTIMATION_FIELDS`) cannot be overridden.
+        (:data:`srft_peft.checkpoint.ESTIMATION_FIELDS`) cannot be overridden. A folder saved with fine-tuned weights
+        (``save_pretrained(dir, state_dict=...)``, ``SRFTTrainer.save_model``) also loads them into ``model``, after
+        the prior was anchored at its (pretrained) weights; they are checked before anything is set.
 
         Example:
             >>> srft = SRFTModel.from_pretrained(tracker, "user/ostrack256-rgb", total_steps=20_000)  # doctest: +SKIP
@@ -382,8 +396,11 @@ class SRFTModel(nn.Module):
         if isinstance(model, cls):
             raise ValueError("the model is already an SRFTModel; use srft.load_significance(...)")
         checkpoint = load_significance_checkpoint(dir_or_repo_id, revision, cache_dir=cache_dir, token=token)
+        weights = read_weights(checkpoint.weights_path, model) if checkpoint.weights_path is not None else None
         srft = cls(model, config_with_overrides(checkpoint, config_overrides))
-        srft._apply_checkpoint(checkpoint)
+        srft._apply_checkpoint(checkpoint)  # anchored at the weights ``model`` has now: the pretrained ones
+        if weights is not None:
+            load_weights(model, weights)
         return srft
 
     def load_significance(self, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,
@@ -411,12 +428,12 @@ class SRFTModel(nn.Module):
         return push_folder(repo_id, write, private=private, commit_message=commit_message, token=token,
                            delete_patterns=[TENSORS_FILE_GLOB])
 
-    def _save_significance(self, folder: PathLike, include_transfer_state: bool,
-                           repo_id: Optional[str] = None) -> Path:
+    def _save_significance(self, folder: PathLike, include_transfer_state: bool, repo_id: Optional[str] = None,
+                           weights_file: Optional[str] = None) -> Path:
         engine = self._engine
         transfer = engine.transfer_snapshot() if include_transfer_state else None
         return save_significance(engine.prior, engine.config, engine.targets, self.base_model, folder, transfer,
-                                 repo_id)
+                                 repo_id, weights_file)
 
     def _apply_checkpoint(self, checkpoint: SignificanceCheckpoint) -> PriorSignificance:
         """Validate ``checkpoint`` against the regularized parameters, then set its prior (anchored at the current

@@ -133,6 +133,16 @@ def test_a_format_1_checkpoint_loads_and_the_next_save_replaces_its_tensors_file
                        b.prior.entries["fc1.weight"].U)
 
 
+def test_the_same_checkpoint_gets_the_same_file_name(tmp_path: Path) -> None:
+    """Content naming is deterministic: saving an unchanged prior again keeps its file (no churn on the Hub)."""
+    srft = make_srft("kfac")
+    srft.save_pretrained(tmp_path / "a")
+    srft.save_pretrained(tmp_path / "b")
+    srft.save_pretrained(tmp_path / "a")
+    assert significance_path(tmp_path / "a").name == significance_path(tmp_path / "b").name
+    assert significance_path(tmp_path / "a").read_bytes() == significance_path(tmp_path / "b").read_bytes()
+
+
 @pytest.mark.parametrize("bad", ["../outside.safetensors", "significance-xyz.safetensors", 3])
 def test_a_config_naming_another_file_is_refused(tmp_path: Path, bad: object) -> None:
     make_srft("kfac").save_pretrained(tmp_path / "ckpt")

@@ -375,3 +375,27 @@ def test_a_uniform_l2sp_prior_round_trips_through_its_state() -> None:
     prior = PriorSignificance({"b": DiagonalSignificance("b", torch.ones(3), source="uniform")}, normalized=True)
     assert_prior_equal(PriorSignificance.from_state(prior.to_state()), prior)
 
+
+
+# --- with the fine-tuned weights (save_pretrained(state_dict=...), SRFTTrainer.save_model) -------------------------
+def test_weights_saved_with_the_significance_load_after_anchoring(tmp_path: Path) -> None:
+    src = make_srft("kfac", train_steps=3)
+    src.save_pretrained(tmp_path, state_dict=src.state_dict(), safe_serialization=True)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["weights_file"] == "model.safetensors"
+    assert "`model.safetensors`: the fine-tuned model weights" in (tmp_path / MODEL_CARD_NAME).read_text()
+    pretrained = tiny()  # make_srft's seed: the weights src started from
+    dst = SRFTModel.from_pretrained(pretrained, tmp_path)
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
+    penalty = dst.prior_penalty().detach()  # anchored at the pretrained weights, not at the loaded ones
+    assert float(penalty) > 0 and torch.equal(penalty, src.prior_penalty().detach())
+    assert SRFTModel.from_pretrained(tiny(), tmp_path, lambda_prior=0.5).srft_config.lambda_prior == 0.5
+
+
+def test_weights_of_another_model_are_refused_before_anything_is_set(tmp_path: Path) -> None:
+    src = make_srft("kfac", train_steps=1)
+    src.save_pretrained(tmp_path, state_dict={**src.state_dict(), "extra.weight": torch.zeros(2)})
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"model\.safetensors: weight 'extra\.weight' is not a parameter or buffer"):
+        SRFTModel.from_pretrained(model, tmp_path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
