@@ -165,3 +165,15 @@ def test_push_is_refused_offline(offline, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(huggingface_hub, "HfApi", MagicMock(side_effect=AssertionError("network")))
     with pytest.raises(OSError, match="offline mode is on"):
         make_srft("kfac").push_to_hub(REPO)
+
+
+def test_a_hub_repo_with_weights_downloads_the_files_its_config_names(tmp_path: Path, offline) -> None:
+    """The config is read first; the tensors file and the fine-tuned weights it names come from the same commit."""
+    src = make_srft("kfac", train_steps=2)
+    folder = tmp_path / "saved"
+    src.save_pretrained(folder, state_dict=src.state_dict())
+    cache = tmp_path / "hub"
+    hub_cache(cache, REPO, folder)
+    dst = SRFTModel.from_pretrained(tiny(), REPO, cache_dir=cache)
+    assert_same_significance(dst, src)
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
