@@ -137,7 +137,7 @@ def estimated_priors(args: argparse.Namespace, base: torch.nn.Module) -> tuple[P
     priors = []
     for estimator in ("kfac", "diagonal"):
         where = folder / estimator
-        if not (where / "significance.safetensors").exists():
+        if not (where / "srft_config.json").exists():
             srft = get_srft_model(copy.deepcopy(base), SRFTConfig(prior_rank=args.rank, prior_estimator=estimator))
             g = torch.Generator().manual_seed(2)
             calib = [torch.randn(args.batch, 3, args.img_size, args.img_size, generator=g).to(args.device)

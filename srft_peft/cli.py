@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import SignificanceCheckpoint, describe_entries, load_significance_checkpoint
+from .card import describe_entries
+from .checkpoint import SignificanceCheckpoint, load_significance_checkpoint
 from .model import SummaryTable
 from .plots import plot_significance
 

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,6 +26,9 @@ from huggingface_hub.utils import validate_repo_id
 
 from ._version import __version__
 
+#: A Hub snapshot folder's name: the commit it holds.
+COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
+
 
 def is_offline() -> bool:
     """Whether Hugging Face offline mode is on now (read at call time, not at import)."""
@@ -32,9 +36,11 @@ def is_offline() -> bool:
 
 
 def resolve_folder(dir_or_repo_id: Union[str, Path], filenames: Sequence[str], revision: Optional[str] = None, *,
-                   cache_dir: Union[str, Path, None] = None, token: Union[str, bool, None] = None) -> Path:
+                   cache_dir: Union[str, Path, None] = None, token: Union[str, bool, None] = None,
+                   then: Optional[Callable[[Path], Sequence[str]]] = None) -> Path:
     """The local folder holding ``filenames``: ``dir_or_repo_id`` itself when it is a folder, else the Hub snapshot
-    folder the files were downloaded (or, offline, found) in. Raises ``OSError`` with a readable message otherwise."""
+    folder the files were downloaded (or, offline, found) in; ``then(folder)`` names more files to download from the
+    same commit (files named by a downloaded one). Raises ``OSError`` with a readable message otherwise."""
     path = Path(dir_or_repo_id).expanduser()
     if path.is_dir():
         if revision is not None:
@@ -49,7 +55,12 @@ def resolve_folder(dir_or_repo_id: Union[str, Path], filenames: Sequence[str], r
     except errors.HFValidationError:
         raise FileNotFoundError(f"no folder {repo_id!r} (and it is not a valid Hugging Face Hub repo id)") from None
     files = [download(repo_id, name, revision, cache_dir=cache_dir, token=token) for name in filenames]
-    return Path(files[0]).parent
+    folder = Path(files[0]).parent
+    if then is not None:
+        pinned = folder.name if COMMIT_HASH.fullmatch(folder.name) else revision  # the snapshot's commit
+        for name in then(folder):
+            download(repo_id, name, pinned, cache_dir=cache_dir, token=token)
+    return folder
 
 
 def download(repo_id: str, filename: str, revision: Optional[str] = None, *, cache_dir: Union[str, Path, None] = None,
@@ -77,13 +88,16 @@ def download(repo_id: str, filename: str, revision: Optional[str] = None, *, cac
 
 
 def push_folder(repo_id: str, write: Callable[[Path], Any], *, private: Optional[bool] = None,
-                commit_message: str = "Upload SRFT significance", token: Union[str, bool, None] = None) -> Any:
-    """Create ``repo_id`` if needed, let ``write(folder)`` fill a temporary folder, upload it; returns the commit info
-    (its ``.commit_url`` is the URL of the commit)."""
+                commit_message: str = "Upload SRFT significance", token: Union[str, bool, None] = None,
+                delete_patterns: Optional[Sequence[str]] = None) -> Any:
+    """Create ``repo_id`` if needed, let ``write(folder)`` fill a temporary folder, upload it in one commit that also
+    deletes the repo's files matching ``delete_patterns`` and not uploaded (e.g. a previous save's tensors file);
+    returns the commit info (its ``.commit_url`` is the URL of the commit)."""
     if is_offline():
         raise OSError(f"cannot push to {repo_id!r}: Hugging Face offline mode is on (HF_HUB_OFFLINE=1)")
     api = huggingface_hub.HfApi(token=token)
     api.create_repo(repo_id, exist_ok=True, private=private)
     with tempfile.TemporaryDirectory(prefix="srft-push-") as tmp:
         write(Path(tmp))
-        return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
+                                 delete_patterns=list(delete_patterns) if delete_patterns else None)

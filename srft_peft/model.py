@@ -25,13 +25,14 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import (
+    TENSORS_FILE_GLOB,
     PathLike,
-    apply_checkpoint,
+    SignificanceCheckpoint,
     config_with_overrides,
     load_significance_checkpoint,
-    load_training_state,
+    matching_prior,
     save_significance,
-    training_state,
+    transfer_snapshot,
 )
 from .config import SRFTConfig
 from .forwarding import accepts_loss_kwargs, eager_module, with_forward_signature
@@ -40,6 +41,7 @@ from .regularizer.engine import SRFTEngine
 from .significance.estimation import LossFn, estimate_prior_significance, model_loss
 from .significance.prior import PriorSignificance
 from .targeting import LORA_KINDS, Target, calibration_targets, same_device_dtype, select_targets
+from .weights import load_weights, read_weights, save_weights
 
 #: For each accelerator, the models whose :class:`SRFTState` it checkpoints (each is registered once).
 _CHECKPOINTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -320,12 +322,12 @@ class SRFTModel(nn.Module):
 
     def training_state(self) -> dict[str, Any]:
         """``{"engine": srft_state_dict(), "prior": prior.to_state()}``: everything to resume exactly, also the prior
-        (see :func:`srft_peft.checkpoint.training_state`)."""
-        return training_state(self._engine)
+        (see :mod:`srft_peft.regularizer.state`)."""
+        return self._engine.training_state()
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Install a :meth:`training_state`: the prior, then the anchors, statistics and step; validated first."""
-        load_training_state(self._engine, state)
+        self._engine.load_training_state(state)
 
     def sync_srft_state(self, src: int = 0) -> None:
         """Make the SRFT state of every process equal to process ``src``'s (one broadcast per tensor; no-op in a single
@@ -356,16 +358,27 @@ class SRFTModel(nn.Module):
 
     # --- significance checkpoints (srft_peft.checkpoint) -------------------------------------------------------------
     def save_pretrained(self, save_directory: PathLike, include_transfer_state: bool = False,
-                        is_main_process: bool = True) -> None:
-        """Write the prior significance (and, optionally, the transfer state v and step) to ``save_directory``; not the
-        model weights (``srft.unload().save_pretrained(...)`` or the base library's own saving write those). Other
-        processes than the main one (``is_main_process=False``, as in peft) write nothing.
+                        is_main_process: bool = True, state_dict: Optional[dict[str, torch.Tensor]] = None,
+                        **kwargs: Any) -> None:
+        """Write the prior significance (and, optionally, the transfer state v and step) to ``save_directory``. With
+        ``state_dict`` (the wrapped model's weights, e.g. ``srft.state_dict()``; what ``SRFTTrainer.save_model``
+        passes) also the fine-tuned weights, ``model.safetensors`` (+ the base model's ``config.json``), which
+        :meth:`from_pretrained` then loads. Other processes than the main one (``is_main_process=False``, as in peft)
+        write nothing. Further keyword arguments of transformers' ``save_pretrained`` (``safe_serialization``, ...)
+        are accepted and ignored: SRFT writes safetensors only.
 
         Example:
             >>> srft.save_pretrained("ostrack256-rgb-significance")  # doctest: +SKIP
+            >>> srft.save_pretrained("finetuned-rgbt", state_dict=srft.state_dict())  # doctest: +SKIP
         """
-        if is_main_process:
-            save_significance(self._engine, self.base_model, save_directory, include_transfer_state)
+        if not is_main_process:
+            return
+        weights_file = None
+        if state_dict is not None:
+            folder = Path(save_directory)
+            folder.mkdir(parents=True, exist_ok=True)
+            weights_file = save_weights(folder, state_dict, self.base_model).name
+        self._save_significance(save_directory, include_transfer_state, weights_file=weights_file)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,
@@ -373,7 +386,9 @@ class SRFTModel(nn.Module):
                         **config_overrides: Any) -> SRFTModel:
         """Wrap ``model`` with a saved config (``config_overrides`` applied) and load its significance; the anchor
         theta0 is ``model``'s current weights. Fields that define the significance
-        (:data:`srft_peft.checkpoint.ESTIMATION_FIELDS`) cannot be overridden.
+        (:data:`srft_peft.checkpoint.ESTIMATION_FIELDS`) cannot be overridden. A folder saved with fine-tuned weights
+        (``save_pretrained(dir, state_dict=...)``, ``SRFTTrainer.save_model``) also loads them into ``model``, after
+        the prior was anchored at its (pretrained) weights; they are checked before anything is set.
 
         Example:
             >>> srft = SRFTModel.from_pretrained(tracker, "user/ostrack256-rgb", total_steps=20_000)  # doctest: +SKIP
@@ -381,8 +396,11 @@ class SRFTModel(nn.Module):
         if isinstance(model, cls):
             raise ValueError("the model is already an SRFTModel; use srft.load_significance(...)")
         checkpoint = load_significance_checkpoint(dir_or_repo_id, revision, cache_dir=cache_dir, token=token)
+        weights = read_weights(checkpoint.weights_path, model) if checkpoint.weights_path is not None else None
         srft = cls(model, config_with_overrides(checkpoint, config_overrides))
-        apply_checkpoint(srft._engine, checkpoint)
+        srft._apply_checkpoint(checkpoint)  # anchored at the weights ``model`` has now: the pretrained ones
+        if weights is not None:
+            load_weights(model, weights)
         return srft
 
     def load_significance(self, dir_or_repo_id: PathLike, revision: Optional[str] = None, *,
@@ -394,7 +412,7 @@ class SRFTModel(nn.Module):
             >>> prior = srft.load_significance("ostrack256-rgb-significance")  # doctest: +SKIP
         """
         checkpoint = load_significance_checkpoint(dir_or_repo_id, revision, cache_dir=cache_dir, token=token)
-        return apply_checkpoint(self._engine, checkpoint)
+        return self._apply_checkpoint(checkpoint)
 
     def push_to_hub(self, repo_id: str, private: Optional[bool] = None,
                     commit_message: str = "Upload SRFT significance", token: Union[str, bool, None] = None,
@@ -405,9 +423,28 @@ class SRFTModel(nn.Module):
             >>> srft.push_to_hub("user/ostrack256-rgb-significance").commit_url  # doctest: +SKIP
         """
         def write(folder: Path) -> Path:
-            return save_significance(self._engine, self.base_model, folder, include_transfer_state, repo_id)
+            return self._save_significance(folder, include_transfer_state, repo_id)
 
-        return push_folder(repo_id, write, private=private, commit_message=commit_message, token=token)
+        return push_folder(repo_id, write, private=private, commit_message=commit_message, token=token,
+                           delete_patterns=[TENSORS_FILE_GLOB])
+
+    def _save_significance(self, folder: PathLike, include_transfer_state: bool, repo_id: Optional[str] = None,
+                           weights_file: Optional[str] = None) -> Path:
+        engine = self._engine
+        transfer = engine.transfer_snapshot() if include_transfer_state else None
+        return save_significance(engine.prior, engine.config, engine.targets, self.base_model, folder, transfer,
+                                 repo_id, weights_file)
+
+    def _apply_checkpoint(self, checkpoint: SignificanceCheckpoint) -> PriorSignificance:
+        """Validate ``checkpoint`` against the regularized parameters, then set its prior (anchored at the current
+        weights) and transfer state. Nothing is changed when validation fails."""
+        engine = self._engine
+        prior = matching_prior(checkpoint, engine.targets)
+        engine.set_prior(prior)
+        transfer = transfer_snapshot(checkpoint)
+        if transfer is not None:
+            engine.load_transfer_snapshot(transfer)
+        return prior
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()

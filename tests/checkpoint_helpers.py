@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from srft_peft import SRFTConfig, SRFTModel, get_srft_model
-from srft_peft.checkpoint import CONFIG_NAME, SIGNIFICANCE_NAME
+from srft_peft.checkpoint import CONFIG_NAME, significance_path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -110,9 +110,9 @@ def rewrite_json(edit: Callable[[dict], object]) -> Callable[[Path], None]:
 
 def rewrite_tensors(edit: Callable[[dict], object]) -> Callable[[Path], None]:
     def apply(folder: Path) -> None:
-        tensors = load_file(folder / SIGNIFICANCE_NAME)
+        tensors = load_file(significance_path(folder))
         edit(tensors)
-        save_file(tensors, folder / SIGNIFICANCE_NAME)
+        save_file(tensors, significance_path(folder))
     return apply
 
 

@@ -21,28 +21,10 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def imports_of(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    """Every import statement, also inside functions, except those under ``if TYPE_CHECKING:`` (never run)."""
-    found: list[ast.Import | ast.ImportFrom] = []
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    return found
+    """Every import statement: at module level, inside functions (deferred) and under ``if TYPE_CHECKING:`` (a
+    dependency for the type checker and the reader even if it never runs)."""
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def import_graph(package: Path) -> dict[str, set[str]]:
@@ -95,19 +77,21 @@ def test_the_package_has_no_import_cycle() -> None:
     assert find_cycle(graph) == [], " -> ".join(find_cycle(graph))
 
 
-def test_find_cycle_reports_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
-    """The checker itself: a cycle closed by an import inside a function (as model.attach once did) is found, one
-    under ``if TYPE_CHECKING:`` is not."""
+def test_find_cycle_reports_a_cycle_through_a_deferred_or_type_checking_import(tmp_path: Path) -> None:
+    """The checker itself: a cycle closed by an import inside a function (as model.attach once did) or under
+    ``if TYPE_CHECKING:`` (as checkpoint.py's engine import once did) is found; a package without one passes."""
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from .b import f\n")
-    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import g\n"
-                              "def f():\n    return 1\n")
+    (pkg / "b.py").write_text("def f():\n    return 1\n")
     global ROOT
     root, ROOT = ROOT, tmp_path
     try:
         assert find_cycle(import_graph(pkg)) == []
+        (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import g\n"
+                                  "def f():\n    return 1\n")
+        assert find_cycle(import_graph(pkg)) == ["pkg.a", "pkg.b", "pkg.a"]
         (pkg / "b.py").write_text("def f():\n    from . import a\n    return a\n")
         assert find_cycle(import_graph(pkg)) == ["pkg.a", "pkg.b", "pkg.a"]
     finally:
@@ -131,3 +115,20 @@ def test_only_the_owner_reaches_the_engine(folder: str) -> None:
         if lines:
             found[rel] = lines
     assert found == {}, f"._engine used outside {ENGINE_OWNERS}: {found}"
+
+
+def test_the_engine_state_keys_are_named_in_one_module() -> None:
+    """The keys of ``SRFTEngine.state_dict()`` are string constants of ``regularizer/state.py`` only: the engine and
+    everything else use those names, so a key cannot drift between a writer and its validator."""
+    from srft_peft.regularizer import state
+
+    keys = {state.V, state.RANK_CODES, state.RANK_M, state.ANCHOR}
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "state.py" and path.parent.name == "regularizer":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        lines = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in keys]
+        if lines:
+            found[path.relative_to(ROOT).as_posix()] = lines
+    assert found == {}, f"engine state keys spelled outside srft_peft/regularizer/state.py: {found}"

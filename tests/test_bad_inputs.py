@@ -27,7 +27,7 @@ from checkpoint_helpers import (
 
 import srft_peft.checkpoint as checkpoint_module
 from srft_peft import SRFTConfig, SRFTModel, get_srft_model
-from srft_peft.checkpoint import CONFIG_NAME, MODEL_CARD_NAME, SIGNIFICANCE_NAME
+from srft_peft.checkpoint import CONFIG_NAME, MODEL_CARD_NAME, significance_path
 from srft_peft.cli import main
 from srft_peft.integrations.accelerate import SRFTState
 from srft_peft.significance import PriorSignificance
@@ -163,7 +163,7 @@ TAMPERED_TENSORS = {
     "negative v": (lambda t: t["transfer.v.pos"].sub_(1.0), "'transfer.v.pos'", "non-negative"),
 }
 TAMPERED = {**{k: (rewrite_json(edit), CONFIG_NAME, a, b) for k, (edit, a, b) in TAMPERED_JSON.items()},
-            **{k: (rewrite_tensors(edit), SIGNIFICANCE_NAME, a, b) for k, (edit, a, b) in TAMPERED_TENSORS.items()}}
+            **{k: (rewrite_tensors(edit), "significance-", a, b) for k, (edit, a, b) in TAMPERED_TENSORS.items()}}
 
 
 @pytest.mark.parametrize("corrupt, file, field, shown", list(TAMPERED.values()), ids=list(TAMPERED))
@@ -275,10 +275,10 @@ def test_a_folder_mixing_two_saves_is_refused(tmp_path: Path, target: SRFTModel)
     a, b = tmp_path / "a", tmp_path / "b"
     make_srft("kfac").save_pretrained(a)
     make_srft("kfac", data_seed=5).save_pretrained(b)
-    shutil.copy(b / CONFIG_NAME, a / CONFIG_NAME)  # B's config beside A's tensors (same model: same fingerprint)
+    shutil.copy(significance_path(b), significance_path(a))  # B's tensors under the name A's config reads
     files = files_of(a)
     before = snapshot(target)
-    with raises_naming(ValueError, str(a / SIGNIFICANCE_NAME), "sha256", "mixes two checkpoints"):
+    with raises_naming(ValueError, str(significance_path(a)), "sha256", "mixes two checkpoints"):
         target.load_significance(a)
     assert_unchanged(target, before)
     assert files_of(a) == files
@@ -308,7 +308,7 @@ def test_a_users_readme_is_kept_and_our_card_is_refreshed(tmp_path: Path) -> Non
     with pytest.warns(UserWarning, match="README.md' was not written by srft-peft"):
         make_srft("kfac").save_pretrained(folder)
     assert (folder / MODEL_CARD_NAME).read_text() == "# My tracker\n" and (folder / "notes.txt").read_text() == "keep me"
-    assert sorted(p.name for p in folder.iterdir()) == sorted([CONFIG_NAME, SIGNIFICANCE_NAME, MODEL_CARD_NAME,
+    assert sorted(p.name for p in folder.iterdir()) == sorted([CONFIG_NAME, significance_path(folder).name, MODEL_CARD_NAME,
                                                                "notes.txt"])
     other = tmp_path / "other"
     make_srft("kfac", data_seed=5).save_pretrained(other)
@@ -323,8 +323,8 @@ def test_lora_transfer_state_of_another_adapter_rank(tmp_path: Path) -> None:
     lora_srft(rank=2, train_steps=1).save_pretrained(tmp_path, include_transfer_state=True)
     target = lora_srft(rank=4, train_steps=2)
     before = snapshot(target)
-    with raises_naming(ValueError, SIGNIFICANCE_NAME, "'transfer.v.base_model.model.fc1.lora_A.default.weight'",
-                       "(2, 6)", "(4, 6)"):
+    with raises_naming(ValueError, str(significance_path(tmp_path)),
+                       "'transfer.v.base_model.model.fc1.lora_A.default.weight'", "(2, 6)", "(4, 6)"):
         target.load_significance(tmp_path)
     assert_unchanged(target, before)
 

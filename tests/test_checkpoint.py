@@ -29,7 +29,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from srft_peft import SRFTConfig, SRFTModel, get_srft_model, load_significance_checkpoint
-from srft_peft.checkpoint import CONFIG_NAME, METADATA_KEYS, MODEL_CARD_NAME, SIGNIFICANCE_NAME, describe_base_model
+from srft_peft.checkpoint import (
+    CONFIG_NAME,
+    METADATA_KEYS,
+    MODEL_CARD_NAME,
+    SIGNIFICANCE_PATTERN,
+    describe_base_model,
+    significance_path,
+)
 from srft_peft.significance import DiagonalSignificance, KFACSignificance, PriorSignificance
 
 
@@ -61,7 +68,9 @@ def same_weights(srft: SRFTModel) -> nn.Module:
 def test_round_trip_reproduces_the_state(tmp_path: Path, estimator: str, include_transfer_state: bool) -> None:
     src = make_srft(estimator, train_steps=3)
     src.save_pretrained(tmp_path, include_transfer_state=include_transfer_state)
-    assert sorted(os.listdir(tmp_path)) == sorted([CONFIG_NAME, SIGNIFICANCE_NAME, MODEL_CARD_NAME])
+    tensors_file = significance_path(tmp_path).name
+    assert SIGNIFICANCE_PATTERN.fullmatch(tensors_file)
+    assert sorted(os.listdir(tmp_path)) == sorted([CONFIG_NAME, tensors_file, MODEL_CARD_NAME])
 
     dst = SRFTModel.from_pretrained(same_weights(src), tmp_path)
     assert dst.srft_config == src.srft_config
@@ -79,7 +88,7 @@ def test_round_trip_reproduces_the_state(tmp_path: Path, estimator: str, include
 def test_the_stored_tensors_and_json(tmp_path: Path) -> None:
     src = make_srft("kfac", train_steps=2)
     src.save_pretrained(tmp_path, include_transfer_state=True)
-    tensors = load_file(tmp_path / SIGNIFICANCE_NAME)
+    tensors = load_file(significance_path(tmp_path))
     assert tensors.keys() == src.prior.tensors().keys() | {"transfer.step"} | {
         f"transfer.v.{n}" for n in src.regularized_parameters}
     assert int(tensors["transfer.step"]) == 2
@@ -192,8 +201,8 @@ def test_saving_needs_a_prior(tmp_path: Path) -> None:
 
 # --- bad inputs: a clear error, and nothing changed -----------------------------------------------------------------
 def truncate(folder: Path) -> None:
-    data = (folder / SIGNIFICANCE_NAME).read_bytes()
-    (folder / SIGNIFICANCE_NAME).write_bytes(data[: len(data) // 2])
+    data = significance_path(folder).read_bytes()
+    significance_path(folder).write_bytes(data[: len(data) // 2])
 
 
 class Exploit:
@@ -206,16 +215,17 @@ class Exploit:
 
 
 def pickle_instead(folder: Path) -> None:
-    (folder / SIGNIFICANCE_NAME).unlink()
+    significance_path(folder).unlink()
     Exploit.marker = str(folder / "unpickled")
     (folder / "significance.bin").write_bytes(pickle.dumps(Exploit()))
 
 
 BAD_INPUTS = {
     "missing config": (lambda d: (d / CONFIG_NAME).unlink(), FileNotFoundError, r"srft_config\.json' not found"),
-    "missing safetensors": (lambda d: (d / SIGNIFICANCE_NAME).unlink(), FileNotFoundError,
-                            r"significance\.safetensors' not found"),
-    "truncated safetensors": (truncate, ValueError, r"significance\.safetensors: not a readable safetensors file"),
+    "missing safetensors": (lambda d: significance_path(d).unlink(), FileNotFoundError,
+                            r"significance-[0-9a-f]{16}\.safetensors' not found"),
+    "truncated safetensors": (truncate, ValueError,
+                              r"significance-[0-9a-f]{16}\.safetensors: not a readable safetensors file"),
     "wrong shape": (rewrite_tensors(lambda t: t.update({"fc1.weight.U": torch.zeros(8, 2)})), ValueError,
                     r"tensor 'fc1\.weight\.U' of parameter 'fc1\.weight' has shape \(8, 2\), expected \(8, 3\)"),
     "missing tensor": (rewrite_tensors(lambda t: t.pop("fc2.weight.omega")), ValueError,
@@ -365,3 +375,27 @@ def test_a_uniform_l2sp_prior_round_trips_through_its_state() -> None:
     prior = PriorSignificance({"b": DiagonalSignificance("b", torch.ones(3), source="uniform")}, normalized=True)
     assert_prior_equal(PriorSignificance.from_state(prior.to_state()), prior)
 
+
+
+# --- with the fine-tuned weights (save_pretrained(state_dict=...), SRFTTrainer.save_model) -------------------------
+def test_weights_saved_with_the_significance_load_after_anchoring(tmp_path: Path) -> None:
+    src = make_srft("kfac", train_steps=3)
+    src.save_pretrained(tmp_path, state_dict=src.state_dict(), safe_serialization=True)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["weights_file"] == "model.safetensors"
+    assert "`model.safetensors`: the fine-tuned model weights" in (tmp_path / MODEL_CARD_NAME).read_text()
+    pretrained = tiny()  # make_srft's seed: the weights src started from
+    dst = SRFTModel.from_pretrained(pretrained, tmp_path)
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
+    penalty = dst.prior_penalty().detach()  # anchored at the pretrained weights, not at the loaded ones
+    assert float(penalty) > 0 and torch.equal(penalty, src.prior_penalty().detach())
+    assert SRFTModel.from_pretrained(tiny(), tmp_path, lambda_prior=0.5).srft_config.lambda_prior == 0.5
+
+
+def test_weights_of_another_model_are_refused_before_anything_is_set(tmp_path: Path) -> None:
+    src = make_srft("kfac", train_steps=1)
+    src.save_pretrained(tmp_path, state_dict={**src.state_dict(), "extra.weight": torch.zeros(2)})
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"model\.safetensors: weight 'extra\.weight' is not a parameter or buffer"):
+        SRFTModel.from_pretrained(model, tmp_path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())

@@ -12,7 +12,7 @@ import pytest
 from checkpoint_helpers import hub_cache
 from huggingface_hub import constants
 
-from srft_peft.checkpoint import CONFIG_NAME, SIGNIFICANCE_NAME
+from srft_peft.checkpoint import CONFIG_NAME, significance_path
 from srft_peft.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ def test_inspect_prints_header_and_table(saved: Path, capsys: pytest.CaptureFixt
     assert main(["inspect", str(saved)]) == 0
     out = capsys.readouterr().out
     fingerprint = json.loads((saved / CONFIG_NAME).read_text())["fingerprint"]
-    for text in ("srft-peft 0.1.0, format 1", "base model      Tiny (Tiny)", "kfac, prior_rank=3",
+    for text in ("srft-peft 0.1.0, format 2", "base model      Tiny (Tiny)", "kfac, prior_rank=3",
                  "16 examples in 2 batches, objective output_norm", fingerprint, "step 1, v for every parameter",
                  "7 tensors, 152 elements (2 kfac, 5 diagonal)"):
         assert text in out, text
@@ -63,8 +63,8 @@ def test_bad_usage_exits_2(argv: list[str], message: str, capsys: pytest.Capture
 
 @pytest.mark.parametrize("corrupt, message", [
     (lambda d: (d / CONFIG_NAME).write_text("{oops"), "srft_config.json: malformed JSON"),
-    (lambda d: (d / SIGNIFICANCE_NAME).rename(d / "significance.pt"), "pickle files are not loaded"),
-    (lambda d: (d / SIGNIFICANCE_NAME).write_bytes(b"\0" * 3), "not a readable safetensors file"),
+    (lambda d: significance_path(d).rename(d / "significance.pt"), "pickle files are not loaded"),
+    (lambda d: significance_path(d).write_bytes(b"\0" * 3), "not a readable safetensors file"),
 ])
 def test_bad_checkpoint_exits_2(saved: Path, tmp_path: Path, corrupt, message: str,
                                 capsys: pytest.CaptureFixture) -> None:

@@ -16,7 +16,7 @@ from huggingface_hub import constants, errors
 from safetensors.torch import load_file
 
 from srft_peft import SRFTModel, load_significance_checkpoint
-from srft_peft.checkpoint import CONFIG_NAME, MODEL_CARD_NAME, SIGNIFICANCE_NAME
+from srft_peft.checkpoint import CONFIG_NAME, MODEL_CARD_NAME, significance_path
 
 REPO = "someone/tiny-significance"
 
@@ -75,7 +75,7 @@ def test_download_follows_offline_mode_at_call_time(saved, monkeypatch: pytest.M
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
         calls.clear()
         load_significance_checkpoint(REPO, revision="v1", token="secret")
-        assert [(r, f) for r, f, _ in calls] == [(REPO, CONFIG_NAME), (REPO, SIGNIFICANCE_NAME)]
+        assert [(r, f) for r, f, _ in calls] == [(REPO, CONFIG_NAME), (REPO, significance_path(folder).name)]
         for _, _, kwargs in calls:
             assert kwargs["local_files_only"] is offline
             assert (kwargs["revision"], kwargs["token"], kwargs["library_name"]) == ("v1", "secret", "srft-peft")
@@ -128,6 +128,7 @@ class FakeApi:
         self.folder = Path(folder_path)
         self.uploaded = {p.name: p.read_bytes() for p in self.folder.iterdir()}
         self.calls.append(("upload_folder", repo_id, commit_message))
+        self.delete_patterns = kwargs.get("delete_patterns")
         return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{COMMIT}")
 
 
@@ -142,12 +143,16 @@ def test_push_to_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert api.token == "secret"
     assert api.calls == [("create_repo", REPO, {"exist_ok": True, "private": True}),
                          ("upload_folder", REPO, "prior of Tiny")]
-    assert sorted(api.uploaded) == sorted([CONFIG_NAME, SIGNIFICANCE_NAME, MODEL_CARD_NAME])
     assert not api.folder.exists()  # the temporary folder is gone
+    # one commit uploads the files and deletes a previous save's tensors file (another content name) from the repo
+    assert api.delete_patterns == ["significance*.safetensors"]
 
     for name, data in api.uploaded.items():
         (tmp_path / name).write_bytes(data)
-    tensors = load_file(tmp_path / SIGNIFICANCE_NAME)
+    tensors_file = significance_path(tmp_path).name
+    assert sorted(api.uploaded) == sorted([CONFIG_NAME, tensors_file, MODEL_CARD_NAME])
+    assert f"`{tensors_file}`" in api.uploaded[MODEL_CARD_NAME].decode()
+    tensors = load_file(significance_path(tmp_path))
     assert int(tensors["transfer.step"]) == 1
     assert all(torch.equal(tensors[k], t) for k, t in src.prior.tensors().items())
     assert f'SRFTModel.from_pretrained(model, "{REPO}"' in (tmp_path / MODEL_CARD_NAME).read_text()
@@ -160,3 +165,15 @@ def test_push_is_refused_offline(offline, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(huggingface_hub, "HfApi", MagicMock(side_effect=AssertionError("network")))
     with pytest.raises(OSError, match="offline mode is on"):
         make_srft("kfac").push_to_hub(REPO)
+
+
+def test_a_hub_repo_with_weights_downloads_the_files_its_config_names(tmp_path: Path, offline) -> None:
+    """The config is read first; the tensors file and the fine-tuned weights it names come from the same commit."""
+    src = make_srft("kfac", train_steps=2)
+    folder = tmp_path / "saved"
+    src.save_pretrained(folder, state_dict=src.state_dict())
+    cache = tmp_path / "hub"
+    hub_cache(cache, REPO, folder)
+    dst = SRFTModel.from_pretrained(tiny(), REPO, cache_dir=cache)
+    assert_same_significance(dst, src)
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())

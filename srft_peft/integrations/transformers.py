@@ -27,6 +27,9 @@ How the pieces fit:
   model that is not a ``PreTrainedModel``, so ``on_save`` adds the base model's ``config.json`` to every checkpoint and
   ``on_train_end`` saves the whole base model (``save_pretrained``) to ``output_dir``, where ``save_model()`` and
   ``push_to_hub()`` write by default: ``<ModelClass>.from_pretrained(folder)`` loads the fine-tuned weights.
+* :class:`SRFTTrainer` (a ``Trainer`` subclass that adds the callback) makes ``save_model(any_dir)`` and
+  ``push_to_hub()`` write the weights *and* the significance, so ``SRFTModel.from_pretrained(pretrained, dir)``
+  loads the fine-tuned model with its prior, anchored at the pretrained weights.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ import warnings
 from typing import Any, Optional
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
 
+from ..card import MODEL_CARD_MARKER, MODEL_CARD_NAME
 from ..model import SRFTModel
+from ..weights import save_model_config
 from .accelerate import find_srft_model
 
-__all__ = ["SRFT_STATE_NAME", "SRFTCallback", "save_model_config"]
+__all__ = ["SRFT_STATE_NAME", "SRFTCallback", "SRFTTrainer", "save_model_config"]
 
 #: File name of the SRFT training state inside a Trainer checkpoint folder.
 SRFT_STATE_NAME = "srft_state.pt"
@@ -108,16 +114,46 @@ class SRFTCallback(TrainerCallback):
         self.srft.step = state.global_step
 
 
-def save_model_config(model: Any, folder: str) -> None:
-    """Write ``model``'s ``config.json`` (and ``generation_config.json`` when it generates) into ``folder``, so that a
-    ``model.safetensors`` there loads with ``from_pretrained``; nothing for a model without a Hugging Face config."""
-    config = getattr(model, "config", None)
-    if callable(getattr(config, "save_pretrained", None)):
-        config.save_pretrained(folder)
-    can_generate = getattr(model, "can_generate", None)
-    generation = getattr(model, "generation_config", None)
-    if callable(can_generate) and can_generate() and generation is not None:
-        generation.save_pretrained(folder)
+class SRFTTrainer(Trainer):
+    """``transformers.Trainer`` whose ``save_model(dir)`` and ``push_to_hub()`` write a folder that
+    ``SRFTModel.from_pretrained(pretrained_model, dir)`` loads with the fine-tuned weights, as peft models do.
+
+    The Trainer calls ``save_pretrained`` only on a ``PreTrainedModel`` or a ``PeftModel``; for any other model it
+    writes the bare weights. This subclass saves through :meth:`SRFTModel.save_pretrained` with the weights
+    (``model.safetensors`` + the base model's ``config.json``, so ``<ModelClass>.from_pretrained(dir)`` works too) and
+    the significance, then the processing class and training arguments like the Trainer. An :class:`SRFTCallback` is
+    added unless ``callbacks`` holds one.
+
+    Example:
+        >>> trainer = SRFTTrainer(model=srft, args=args, train_dataset=ds)  # doctest: +SKIP
+        >>> trainer.train(); trainer.save_model("tuned")  # doctest: +SKIP
+        >>> again = SRFTModel.from_pretrained(ViTForImageClassification.from_pretrained(base_id), "tuned")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: Any = None, *args: Any, callbacks: Optional[list] = None, **kwargs: Any) -> None:
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, SRFTCallback) for c in callbacks):
+            callbacks.append(SRFTCallback(model))
+        super().__init__(model, *args, callbacks=callbacks, **kwargs)
+
+    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        srft = find_srft_model(self.model)
+        srft.save_pretrained(output_dir, state_dict=state_dict if state_dict is not None else srft.state_dict())
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """The Trainer's card, marked as generated (so the next save may rewrite it) with how to load the folder."""
+        super().create_model_card(*args, **kwargs)
+        path = os.path.join(self.args.output_dir, MODEL_CARD_NAME)
+        if self.is_world_process_zero() and os.path.isfile(path):
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"\n{MODEL_CARD_MARKER}\n\nFine-tuned with SRFT (srft-peft): load the weights and the prior "
+                        "significance with `SRFTModel.from_pretrained(pretrained_model, \"<this repo>\")`.\n")
 
 
 def _wraps(model: Any, srft: SRFTModel) -> bool:

@@ -35,6 +35,7 @@ from ..config import SRFTConfig
 from ..schedule import coefficients, kappa
 from ..significance.prior import PriorSignificance
 from ..targeting import Target
+from . import state as state_keys
 from .layout import STATE_DTYPE, FlatLayout
 from .lora_term import build_prior_term
 from .prior_term import PriorTerm
@@ -398,44 +399,84 @@ class SRFTEngine:
             "prior": prior,
         }
 
-    # --- state ------------------------------------------------------------------------------------------------------
+    # --- state (key names and validation: regularizer/state.py) ----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: step, T, own statistics, rank-mode damping, anchors."""
         tensors: dict[str, torch.Tensor] = {}
         if self.v_flat is not None:
-            tensors["transfer.v"] = self.v_flat
+            tensors[state_keys.V] = self.v_flat
         for i, codes in self.transfer.rank_codes.items():
-            tensors[f"transfer.rank_codes.{self.names[i]}"] = codes
+            tensors[state_keys.RANK_CODES + self.names[i]] = codes
         if self.prior_term is not None:
-            tensors.update({f"anchor.{k}": v for k, v in self.prior_term.state_tensors().items()})
+            tensors.update({state_keys.ANCHOR + k: v for k, v in self.prior_term.state_tensors().items()})
         return {"step": self.step, "total_steps": self.total_steps, "statistics": self.statistics,
                 "tensors": {k: v.detach().clone() for k, v in tensors.items()}}
 
+    def check_state(self, state: Any, prior: Optional[PriorSignificance] = None) -> None:
+        """Raise ``ValueError`` naming the key and value unless ``state`` (a :meth:`state_dict`) was written for these
+        parameters; ``prior`` is the significance that will be installed first (default: the current one)."""
+        state_keys.check_state(state, self.targets, self.prior_term, prior)
+
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from ..checkpoint import check_training_state
-
-        check_training_state(self, state)  # a state of another model raises here, before anything is assigned
+        self.check_state(state)  # a state of another model raises here, before anything is assigned
         tensors = state.get("tensors", {})
-        if "transfer.v" in tensors:
-            v = tensors["transfer.v"]
+        if state_keys.V in tensors:
+            v = tensors[state_keys.V]
             if self.v_flat is None:
                 self.v_flat = self.layout.new_buffer()
             self.v_flat.copy_(v)
         self.transfer.rank_codes = {}
         for i, (n, p) in enumerate(zip(self.names, self.params)):
-            codes = tensors.get(f"transfer.rank_codes.{n}")
-            if codes is None and f"transfer.rank_m.{n}" in tensors:  # states written before the int16 cache
+            codes = tensors.get(state_keys.RANK_CODES + n)
+            if codes is None and state_keys.RANK_M + n in tensors:  # states written before the int16 cache
                 cfg = self.config
-                m = tensors[f"transfer.rank_m.{n}"].double()
+                m = tensors[state_keys.RANK_M + n].double()
                 codes = ((m - cfg.damping_min) * (RANK_LEVELS / (cfg.damping_max - cfg.damping_min))).round_()
                 codes = codes.clamp_(0, RANK_LEVELS).to(torch.int16)
             if codes is None:
                 continue
             self.transfer.rank_codes[i] = codes.to(p.device).clone()
         if self.prior_term is not None:
-            anchors = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}
+            anchors = {k[len(state_keys.ANCHOR):]: v for k, v in tensors.items() if k.startswith(state_keys.ANCHOR)}
             if anchors:
                 self.prior_term.load_state_tensors(anchors)
         self.step = int(state["step"])
         self.total_steps = state.get("total_steps", self.total_steps)
+
+    def training_state(self) -> dict[str, Any]:
+        """``{"engine": state_dict(), "prior": prior.to_state()}`` (no ``"prior"`` without one): all that resuming
+        needs. Tensors, numbers, strings and dicts only, so ``torch.load(..., weights_only=True)`` reads it."""
+        state: dict[str, Any] = {"engine": self.state_dict()}
+        if self.prior is not None:
+            state["prior"] = self.prior.to_state()
+        return state
+
+    @torch.no_grad()
+    def load_training_state(self, state: Any) -> None:
+        """Install a :meth:`training_state`: first the saved prior (no re-estimation needed), then the anchors,
+        statistics and step, so the run continues exactly. All of it is validated before anything is set."""
+        prior = state_keys.training_state_prior(state)
+        self.check_state(state["engine"], prior)
+        if prior is not None:
+            with warnings.catch_warnings():  # the anchors are restored right below, not taken from the weights
+                warnings.filterwarnings("ignore", message="SRFT: the prior is set after")
+                self.set_prior(prior)
+        self.load_state_dict(state["engine"])
+
+    def transfer_snapshot(self) -> state_keys.TransferSnapshot:
+        """The step, the statistics source and v per regularized parameter (``None`` without own statistics)."""
+        v = None
+        if self.v_flat is not None:
+            v = {name: view.clone() for name, view in zip(self.names, self.layout.views(self.v_flat))}
+        return state_keys.TransferSnapshot(self.step, self.statistics, v)
+
+    @torch.no_grad()
+    def load_transfer_snapshot(self, snapshot: state_keys.TransferSnapshot) -> None:
+        """Set the step and (when ``snapshot.v`` holds it) v, validated first like :meth:`load_state_dict`."""
+        tensors = {}
+        if snapshot.v:
+            flat = self.layout.new_buffer()
+            torch._foreach_copy_(self.layout.views(flat), [snapshot.v[n] for n in self.names])
+            tensors[state_keys.V] = flat
+        self.load_state_dict({"step": snapshot.step, "tensors": tensors})

@@ -65,7 +65,7 @@ def test_example_with_two_processes(modality, tiny_data, example_env, tmp_path):
         assert "F" in results["metrics"]  # DepthTrack's long-term protocol
     for name in ("success.png", "precision.png", "norm_precision.png"):
         assert (out / "plots" / name).stat().st_size > 0
-    assert (out / "prior" / "significance.safetensors").is_file() and (out / "model" / "config.json").is_file()
+    assert (out / "prior" / "srft_config.json").is_file() and (out / "model" / "config.json").is_file()
 
 
 @pytest.mark.subprocess

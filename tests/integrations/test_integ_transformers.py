@@ -249,3 +249,56 @@ def test_calibration_batches_are_trainer_compatible():
     prior, ref = srft.estimate_prior(batches, progress=False), direct.estimate_prior(batches, cross_entropy, progress=False)
     assert prior.objective == "model_loss" and prior.entries.keys() == ref.entries.keys()
     assert prior.normalizer == pytest.approx(ref.normalizer, rel=float32_rtol(80, depth=4))
+
+
+def _assert_loads_the_fine_tune(folder, srft: SRFTModel) -> None:
+    """``SRFTModel.from_pretrained(pretrained, folder)`` holds ``srft``'s fine-tuned weights, its prior anchored at the
+    pretrained weights (the same penalty as ``srft``'s), and the folder loads as a plain ViT too."""
+    from transformers import ViTForImageClassification
+
+    pretrained = tiny_hf_vit()
+    assert any(not torch.equal(v, srft.state_dict()[k]) for k, v in pretrained.state_dict().items())
+    loaded = SRFTModel.from_pretrained(pretrained, folder)
+    tuned, state = srft.state_dict(), loaded.state_dict()
+    assert state.keys() == tuned.keys() and all(torch.equal(state[k], v) for k, v in tuned.items())
+    saved_prior, prior = srft.prior.tensors(), loaded.prior.tensors()
+    assert all(torch.equal(prior[k], v) for k, v in saved_prior.items())
+    penalty = loaded.prior_penalty().detach()
+    assert float(penalty) > 0 and torch.equal(penalty, srft.prior_penalty().detach())
+    plain = ViTForImageClassification.from_pretrained(folder).state_dict()
+    assert all(torch.equal(plain[k], v) for k, v in tuned.items())
+
+
+def test_srft_trainer_save_model_anywhere_loads_with_from_pretrained(accelerate_state, tmp_path):
+    from srft_peft.integrations.transformers import SRFTTrainer
+
+    srft = make_hf_srft("grad", total_steps=STEPS)
+    trainer = SRFTTrainer(model=srft, args=_args(tmp_path / "out"), train_dataset=_dataset())
+    assert sum(isinstance(c, SRFTCallback) for c in trainer.callback_handler.callbacks) == 1
+    trainer.train()
+    assert srft.step == STEPS
+    other = tmp_path / "somewhere" / "else"
+    trainer.save_model(str(other))  # not args.output_dir
+    _assert_loads_the_fine_tune(other, srft)
+
+
+def test_srft_trainer_push_to_hub_uploads_what_save_model_writes(accelerate_state, tmp_path, monkeypatch):
+    import transformers.trainer
+
+    from srft_peft.integrations.transformers import SRFTTrainer
+
+    hub = _FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    srft = make_hf_srft("grad", total_steps=STEPS)
+    trainer = SRFTTrainer(model=srft, args=_args(tmp_path / "out", hub_model_id="user/tiny-vit-srft"),
+                          train_dataset=_dataset())
+    trainer.train()
+    trainer.push_to_hub()
+    repo = tmp_path / "hub" / "user/tiny-vit-srft"
+    _assert_loads_the_fine_tune(repo, srft)
+    trainer.save_model(str(tmp_path / "local"))
+    uploaded = {p.name for p in repo.iterdir()} - {"README.md", "training_args.bin"}
+    assert uploaded == {p.name for p in (tmp_path / "local").iterdir()} - {"README.md", "training_args.bin"}
+    for name in uploaded:  # the same files, byte for byte
+        assert (repo / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    trainer.save_model()  # the Trainer's card (marked) is rewritten by the next save, without a warning

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from ...checkpoint import SIGNIFICANCE_NAME
+from ...checkpoint import CONFIG_NAME
 from ...config import SRFTConfig
 from ...integrations.accelerate import prepare_srft
 from ...model import SRFTModel, get_srft_model
@@ -191,7 +191,7 @@ def _attach_prior(run: _Run, srft: SRFTModel, resume: tuple[Path, int] | None) -
     if cfg.prior is not None:
         srft.load_significance(cfg.prior)
         return f"loaded: {cfg.prior}"
-    if resume is not None and (saved_prior / SIGNIFICANCE_NAME).is_file():
+    if resume is not None and (saved_prior / CONFIG_NAME).is_file():
         srft.load_significance(saved_prior)
         return f"loaded: {saved_prior} (resume)"
     calib = rgb_sequences(cfg, "train", run.demo_tracker, run.splits.train)
