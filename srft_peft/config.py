@@ -231,6 +231,16 @@ class SRFTConfig:
         },
     )
 
+    monitor_balance: bool = field(
+        default=False,
+        metadata={
+            "help": "Record at every optimizer step the norms of the task update, the prior's pull (or proximal "
+            "shrink), the transfer damping and the drift along the kept directions, read by SRFTModel.balance() and "
+            "logged by SRFTCallback and the tracking recipe (same as calling srft.monitor()). Off: no cost; on: one "
+            "float32 buffer of the regularized parameters' size, no host sync in the step."
+        },
+    )
+
     def __post_init__(self) -> None:
         self._check_choice("prior_estimator", PRIOR_ESTIMATORS)
         self._check_choice("calibration_objective", CALIBRATION_OBJECTIVES)
@@ -242,6 +252,8 @@ class SRFTConfig:
         self._check_choice("kappa_shape", KAPPA_SHAPES)
         self._check_choice("apply", APPLY_MODES)
         self._check_choice("prior_application", PRIOR_APPLICATIONS)
+        if not isinstance(self.monitor_balance, bool):
+            raise ValueError(f"monitor_balance must be True or False, got {self.monitor_balance!r}")
         if self.apply == "loss" and self.prior_application != "gradient":
             raise ValueError(f"prior_application={self.prior_application!r} needs apply='grad' (the loss term "
                              "lambda_p * R_prior is a gradient-mode prior by definition); apply='loss' supports "

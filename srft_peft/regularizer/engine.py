@@ -163,6 +163,8 @@ class SRFTEngine:
         self._monitor_buffer: Optional[torch.Tensor] = None  # scratch of the balance monitor (allocated when enabled)
         self._balance: dict[str, torch.Tensor] = {}  # the monitor's norms of the last optimizer step (0-dim tensors)
         self._record: dict[str, torch.Tensor] = {}  # ... of the step under way (moved to _balance when it completes)
+        if config.monitor_balance:
+            self.monitor(True)
 
     # --- set-up -----------------------------------------------------------------------------------------------------
     def set_prior(self, prior: PriorSignificance) -> None:
