@@ -258,10 +258,12 @@ class SRFTModel(nn.Module):
         (``zero_grad(set_to_none=False)``). Without a prior, or at lambda_p(t) = 0, there is nothing to add.
 
         Raises:
-            RuntimeError: no optimizer is attached, ``apply`` is not ``"grad"``, ``prior_application`` is not
-                ``"gradient"`` (the prior then acts on the weights after the step, never on the gradient), no
-                regularized parameter has a gradient yet, or the call comes after ``scaler.step`` in the same
-                iteration.
+            RuntimeError: no optimizer is attached, ``apply`` is not ``"grad"``, no regularized parameter has a
+                gradient yet, or the call comes after ``scaler.step`` in the same iteration.
+
+        Under ``prior_application="decoupled"`` or ``"proximal"`` it does nothing: the prior acts on the weights after
+        the optimizer step and never enters the gradient, so the gradient that clipping sees is the task's alone (a
+        loop written for ``"gradient"`` keeps working unchanged).
             TypeError: ``scaler`` is not a ``torch.amp.GradScaler``.
         """
         self._engine.add_prior_gradient(scaler)

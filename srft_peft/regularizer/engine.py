@@ -353,11 +353,8 @@ class SRFTEngine:
         if self.config.apply != "grad":
             raise RuntimeError(f"add_prior_gradient() is for apply='grad'; with apply={self.config.apply!r} the prior "
                                "term is already in the loss, so its gradient is part of the clipped gradient")
-        if self.config.prior_application != "gradient":
-            raise RuntimeError(f"add_prior_gradient() is for prior_application='gradient'; with "
-                               f"prior_application={self.config.prior_application!r} the prior never enters the "
-                               "gradient (it acts on the weights after the optimizer step), so clipping cannot see it: "
-                               "do not call it")
+        if self.config.prior_application != "gradient":  # no prior gradient exists: the total gradient is the task's
+            return
         index = self._live()[0]
         if not index:
             raise RuntimeError("add_prior_gradient(): no regularized parameter has a gradient; call it after the last "
