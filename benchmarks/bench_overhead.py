@@ -10,6 +10,9 @@ machine noise hits all of them alike. Configurations:
     srft-grad-rank       transfer_mode="rank" (a sort per tensor every rank_interval=10 steps)
     srft-grad-own        transfer_statistics="own" (SRFT keeps its own EMA of g^2)
     srft-grad-rank-own   rank mode with own statistics
+    srft-decoupled       prior_application="decoupled" (the prior pull applied after the optimizer step)
+    srft-proximal        prior_application="proximal" (the proximal shrink after the optimizer step)
+    srft-grad-monitor    srft-grad with the balance monitor on (monitor_balance=True)
     ewc-loss             BASELINE: EWC written as a Python loop adding (F * (p - p0)**2).sum() per tensor to the loss
     authors-step         BASELINE: the SRFT authors' released step (argsort of every tensor after every step)
 
@@ -91,6 +94,9 @@ CONFIGS: dict[str, Optional[dict[str, Any]]] = {
     "srft-grad-rank": dict(apply="grad", transfer_mode="rank"),
     "srft-grad-own": dict(apply="grad", transfer_statistics="own"),
     "srft-grad-rank-own": dict(apply="grad", transfer_mode="rank", transfer_statistics="own"),
+    "srft-decoupled": dict(apply="grad", prior_application="decoupled"),
+    "srft-proximal": dict(apply="grad", prior_application="proximal"),
+    "srft-grad-monitor": dict(apply="grad", monitor_balance=True),
     "ewc-loss": None,
     "authors-step": None,
 }

@@ -1,8 +1,10 @@
 """The ``srft-peft`` command line.
 
-``srft-peft inspect DIR_OR_REPO [--revision R] [--plot out.png]`` prints what a significance checkpoint holds (a header
-and a per-parameter table) straight from its files, without the model; ``--plot`` draws it (heat maps of blocks x
-parameter roles, retained eigen-spectra: see :mod:`srft_peft.plots`).
+``srft-peft inspect DIR_OR_REPO [--revision R] [--plot out.png] [--lr LR [--lambda-prior L]]`` prints what a
+significance checkpoint holds (a header and a per-parameter table) straight from its files, without the model;
+``--plot`` draws it (heat maps of blocks x parameter roles, retained eigen-spectra: see :mod:`srft_peft.plots`);
+``--lr`` adds the share of the drift that the decoupled and proximal prior remove per step along each direction,
+eta lambda_p omega and eta lambda_p omega / (1 + eta lambda_p omega), at kappa = 1.
 
 Example:
     >>> main(["inspect", "/no/such/folder"])  # doctest: +SKIP
@@ -13,15 +15,17 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from .card import describe_entries
 from .checkpoint import SignificanceCheckpoint, load_significance_checkpoint
 from .model import SummaryTable
 from .plots import plot_significance
+from .significance.prior import KFACSignificance, PriorSignificance
 
 
 def header(checkpoint: SignificanceCheckpoint, source: str) -> str:
@@ -51,12 +55,70 @@ def header(checkpoint: SignificanceCheckpoint, source: str) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
+def shrink_shares(prior: PriorSignificance, lr: float, lambda_prior: float) -> tuple[list[dict], dict]:
+    """Per parameter (and over all directions together): min / median / max of the share of the drift along a kept
+    direction that one step removes at kappa = 1, c = lr * lambda_prior, under ``prior_application="decoupled"`` (c
+    omega; above 1 it overshoots theta0, above 2 it diverges) and ``"proximal"`` (c omega / (1 + c omega)).
+
+    Example:
+        >>> import torch
+        >>> from srft_peft.significance import DiagonalSignificance
+        >>> rows, total = shrink_shares(PriorSignificance({"b": DiagonalSignificance("b", torch.tensor([1.0, 3.0]))}),
+        ...                             lr=0.5, lambda_prior=1.0)
+        >>> rows[0]["decoupled_max"], rows[0]["proximal_max"]
+        (1.5, 0.6)
+    """
+    import torch
+
+    c = lr * lambda_prior
+    rows, values = [], []
+    for name, e in prior.entries.items():
+        share = e.significance_values().double().reshape(-1) * c
+        values.append(share)
+        rows.append({"name": name, "kind": "kfac" if isinstance(e, KFACSignificance) else "diagonal",
+                     "directions": share.numel(), **_share_columns(share)})
+    every = torch.cat(values)
+    total = {"name": "all", "kind": "-", "directions": every.numel(), **_share_columns(every)}
+    return rows, total
+
+
+class ShareTable(SummaryTable):
+    """Rows of :func:`shrink_shares`, rendered as an aligned table."""
+
+    columns = ("name", "kind", "directions", "decoupled_min", "decoupled_median", "decoupled_max", "proximal_min",
+               "proximal_median", "proximal_max")
+
+
+def _share_columns(share: Any) -> dict[str, float]:
+    prox = share / (1.0 + share)
+    return {"decoupled_min": float(share.min()), "decoupled_median": float(share.median()),
+            "decoupled_max": float(share.max()), "proximal_min": float(prox.min()),
+            "proximal_median": float(prox.median()), "proximal_max": float(prox.max())}
+
+
+def print_shares(checkpoint: SignificanceCheckpoint, lr: float, lambda_prior: Optional[float]) -> None:
+    lam = checkpoint.config.lambda_prior if lambda_prior is None else lambda_prior
+    for name, value in (("--lr", lr), ("--lambda-prior", lam)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    rows, total = shrink_shares(checkpoint.prior, lr, lam)
+    over = sum(1 for r in rows if r["decoupled_max"] > 1.0)
+    print(f"\nshare of the drift along a direction removed per step at lr={lr:g}, lambda_prior={lam:g}, kappa=1\n"
+          "(decoupled: lr*lambda*omega; proximal: lr*lambda*omega / (1 + lr*lambda*omega)); "
+          f"{over} of {len(rows)} parameters have decoupled shares above 1 (overshoot; above 2 diverges)")
+    print(ShareTable(rows + [total]))
+
+
 def inspect(args: argparse.Namespace) -> int:
     checkpoint = load_significance_checkpoint(args.checkpoint, args.revision, cache_dir=args.cache_dir)
     table = SummaryTable(checkpoint.prior.summary_rows())
     print(header(checkpoint, args.checkpoint))
     print()
     print(table)
+    if args.lr is not None:
+        print_shares(checkpoint, args.lr, args.lambda_prior)
+    elif args.lambda_prior is not None:
+        raise ValueError("--lambda-prior needs --lr (the shares are lr * lambda_prior * omega)")
     if args.plot is not None:
         plot_significance(checkpoint.prior, args.plot, f"SRFT prior significance: {args.checkpoint}")
         print(f"\nplot written to {args.plot}")
@@ -73,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
                    help="also draw the significance (blocks x roles, eigen-spectra)")
+    p.add_argument("--lr", type=float, default=None, metavar="LR",
+                   help="also print, per parameter, the share of the drift the decoupled and proximal prior remove "
+                        "per step at this learning rate (lr * lambda_prior * omega and its proximal form, kappa = 1)")
+    p.add_argument("--lambda-prior", type=float, default=None, metavar="L",
+                   help="lambda_prior for --lr (default: the checkpoint's config)")
     p.set_defaults(run=inspect)
     return parser
 

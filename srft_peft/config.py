@@ -21,6 +21,7 @@ KAPPA_SHAPES = ("cosine", "linear", "exponential", "constant", "step")
 PRIOR_ESTIMATORS = ("kfac", "diagonal")
 CALIBRATION_OBJECTIVES = ("auto", "model_loss", "output_norm")
 APPLY_MODES = ("grad", "loss")
+PRIOR_APPLICATIONS = ("gradient", "decoupled", "proximal")
 TRANSFER_MODES = ("value", "rank")
 RANK_MAPPINGS = ("scatter", "gather")
 EIGEN_SOLVERS = ("auto", "eigh", "subspace")
@@ -214,6 +215,32 @@ class SRFTConfig:
         },
     )
 
+    prior_application: str = field(
+        default="gradient",
+        metadata={
+            "help": "Where the prior enters the update (eta = the param group's lr at the step, lambda_p = "
+            "lambda_prior * kappa(t), theta' = the optimizer's result from the task gradient alone, F = the prior's "
+            "curvature (U x V) diag(omega) (U x V)^T or diag(F)): 'gradient' adds lambda_p * F (theta - theta0) to the "
+            "gradient before the optimizer, which an adaptive optimizer rescales per element, so lambda has no fixed "
+            "meaning; 'decoupled' theta <- theta' - eta * lambda_p * F (theta_t - theta0), removing a share eta * "
+            "lambda_p * omega of the drift along each kept direction per step (as AdamW decouples weight decay; keep "
+            "eta * lambda_p * omega < 2 on the steepest direction); 'proximal' theta <- theta0 + (I + eta * lambda_p * "
+            "F)^-1 (theta' - theta0), removing a share eta*lambda_p*omega / (1 + eta*lambda_p*omega), stable for any "
+            "lambda. srft-peft inspect --lr prints these shares. Only 'gradient' with apply='loss' and with LoRA "
+            "adapters."
+        },
+    )
+
+    monitor_balance: bool = field(
+        default=False,
+        metadata={
+            "help": "Record at every optimizer step the norms of the task update, the prior's pull (or proximal "
+            "shrink), the transfer damping and the drift along the kept directions, read by SRFTModel.balance() and "
+            "logged by SRFTCallback and the tracking recipe (same as calling srft.monitor()). Off: no cost; on: one "
+            "float32 buffer of the regularized parameters' size, no host sync in the step."
+        },
+    )
+
     def __post_init__(self) -> None:
         self._check_choice("prior_estimator", PRIOR_ESTIMATORS)
         self._check_choice("calibration_objective", CALIBRATION_OBJECTIVES)
@@ -224,6 +251,13 @@ class SRFTConfig:
         self._check_choice("rank_mapping", RANK_MAPPINGS)
         self._check_choice("kappa_shape", KAPPA_SHAPES)
         self._check_choice("apply", APPLY_MODES)
+        self._check_choice("prior_application", PRIOR_APPLICATIONS)
+        if not isinstance(self.monitor_balance, bool):
+            raise ValueError(f"monitor_balance must be True or False, got {self.monitor_balance!r}")
+        if self.apply == "loss" and self.prior_application != "gradient":
+            raise ValueError(f"prior_application={self.prior_application!r} needs apply='grad' (the loss term "
+                             "lambda_p * R_prior is a gradient-mode prior by definition); apply='loss' supports "
+                             "prior_application='gradient' only")
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
             if isinstance(value, tuple):

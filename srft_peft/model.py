@@ -262,9 +262,35 @@ class SRFTModel(nn.Module):
         Raises:
             RuntimeError: no optimizer is attached, ``apply`` is not ``"grad"``, no regularized parameter has a
                 gradient yet, or the call comes after ``scaler.step`` in the same iteration.
+
+        Under ``prior_application="decoupled"`` or ``"proximal"`` it does nothing: the prior acts on the weights after
+        the optimizer step and never enters the gradient, so the gradient that clipping sees is the task's alone (a
+        loop written for ``"gradient"`` keeps working unchanged).
             TypeError: ``scaler`` is not a ``torch.amp.GradScaler``.
         """
         self._engine.add_prior_gradient(scaler)
+
+    def monitor(self, enabled: bool = True) -> None:
+        """Turn the balance monitor on (or off): from the next optimizer step on, `balance` returns the norms of that
+        step's parts. Off by default, and then it costs nothing; on, one float32 buffer of the regularized parameters'
+        size and a few fused passes per step, no host sync (the values stay on the device until `balance` reads them).
+
+        Example:
+            >>> srft.monitor()                                          # doctest: +SKIP
+            >>> loss.backward(); optimizer.step()                       # doctest: +SKIP
+            >>> srft.balance()                                          # doctest: +SKIP
+            {'task_update': 0.012, 'prior': 0.0031, 'damping': 0.0, 'drift': 0.2}
+        """
+        self._engine.monitor(enabled)
+
+    def balance(self) -> dict[str, float]:
+        """The last monitored optimizer step, as norms over the regularized parameters (see `monitor`): ``task_update``
+        ||theta' - theta_t|| (the optimizer's step), ``prior`` the prior's pull (decoupled) or shrink (proximal) applied
+        after it (under ``prior_application="gradient"``: eta lambda_p ||grad R_prior||, the pull before the optimizer
+        rescales it), ``damping`` what the transfer damping removed, ``drift`` the distance from theta0 along the kept
+        directions after the step. A prior that pins shows ``prior`` close to ``task_update`` and a flat ``drift``; an
+        inert one ``prior`` near 0. One host sync (call it when logging). Empty before the first monitored step."""
+        return self._engine.balance()
 
     @property
     def accepts_loss_kwargs(self) -> bool:

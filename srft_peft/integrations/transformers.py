@@ -85,6 +85,18 @@ class SRFTCallback(TrainerCallback):
         if state.global_step > 0:
             self._resume(args, state)
 
+    def on_log(self, args: Any, state: Any, control: Any, logs: Optional[dict] = None, **kwargs: Any) -> None:
+        """Add the balance monitor's values of the last optimizer step (``srft/task_update``, ``srft/prior``,
+        ``srft/damping``, ``srft/drift``) to the Trainer's logs while the monitor is on (``srft.monitor()`` or
+        ``SRFTConfig.monitor_balance``), and to ``state.log_history``; nothing otherwise. Trainer registers its
+        ``report_to`` callbacks (TensorBoard, ...) before the user's, so for them to receive the values put this
+        callback first: ``trainer.callback_handler.callbacks.insert(0, trainer.pop_callback(SRFTCallback))``."""
+        values = {f"srft/{k}": v for k, v in self.srft.balance().items()}
+        if logs is not None and values:
+            logs.update(values)  # seen by the callbacks after this one (Trainer puts its report_to ones first)
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update(values)
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
             return

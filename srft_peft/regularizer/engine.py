@@ -1,13 +1,22 @@
 """`SRFTEngine`: runs the regularizer around each optimizer step.
 
 Before ``optimizer.step()`` (after unscaling, clipping and gradient synchronization):
-    1. grad += lambda_p(t) grad R_prior            (``apply="grad"``; fused, no autograd; skipped for the gradients
-                                                    that `SRFTEngine.add_prior_gradient` already received)
+    1. grad += lambda_p(t) grad R_prior            (``prior_application="gradient"``, ``apply="grad"``; fused, no
+                                                    autograd; skipped for the gradients that
+                                                    `SRFTEngine.add_prior_gradient` already received)
     2. v <- beta v + (1 - beta) g^2                 (own statistics; skipped on non-finite gradients, no host sync)
-    3. theta_prev <- theta                          (only while gamma(t) > 0)
-After it:
-    4. theta <- theta - gamma(t) m (theta - theta_prev)
-    5. t <- t + 1
+    3. theta_prev <- theta                          (while gamma(t) > 0, under "decoupled", or while monitoring)
+After it (theta' = the optimizer's result, eta = each parameter's param-group lr read before the step, c = eta lambda_p):
+    4. theta <- theta - gamma(t) m (theta - theta_prev)                 (the transfer damping of the optimizer's step)
+    5. theta <- theta - c F (theta_prev - theta0)                       ("decoupled")
+       theta <- theta0 + (I + c F)^-1 (theta - theta0)                  ("proximal", at the damped weights)
+    6. t <- t + 1
+
+Order: the damping (4) acts on the optimizer's step only, then the prior (5) acts on the result; both at once give
+theta_{t+1} = theta' - gamma m (theta' - theta_t) - c F (theta_t - theta0) (decoupled) and
+theta_{t+1} = theta0 + (I + c F)^-1 (theta' - gamma m (theta' - theta_t) - theta0) (proximal), so the proximal result
+is always the prior's shrink of what the optimizer and the damping left. Under "gradient" the damping acts on the
+optimizer's step, which already holds the prior.
 
 An optimizer step that a GradScaler skips calls neither hook, so it changes no statistic and no counter. Fused or
 capturable optimizers (``_step_supports_amp_scaling``, e.g. ``AdamW(fused=True)``) are the exception: GradScaler calls
@@ -16,9 +25,10 @@ their ``step()`` on every step, with the gradients still scaled and an inf flag;
 State and arithmetic are float32 whatever the parameters' dtype, with autocast disabled: bf16/fp16 weights are cast
 once per step into a float32 buffer (allocated once) for U^T W V - P0, that buffer also holds the snapshot
 theta_{t-1} (exact: every bf16/fp16 value is a float32), and the parameters only receive the results (the prior
-gradient added to ``.grad``, the damping). SRFT's tensors follow the parameters' device (see `follow_parameters`).
-All per-element state lives in flat buffers (see `layout`); the hot path is a fixed number of ``_foreach`` ops and one
-batched matmul per group of same-shaped matrices, with no ``.item()`` (except reading a fused optimizer's inf flag).
+gradient added to ``.grad``, the damping, the decoupled or proximal pull). SRFT's tensors follow the parameters' device
+(see `follow_parameters`). All per-element state lives in flat buffers (see `layout`); the hot path is a fixed number
+of ``_foreach`` ops and one batched matmul per group of same-shaped matrices, with no ``.item()`` (except reading a
+fused optimizer's inf flag). The balance monitor (`SRFTEngine.monitor`) is off by default and then costs nothing.
 """
 
 from __future__ import annotations
@@ -34,11 +44,11 @@ import torch
 from ..config import SRFTConfig
 from ..schedule import coefficients, kappa
 from ..significance.prior import PriorSignificance
-from ..targeting import Target
+from ..targeting import LORA_KINDS, Target
 from . import state as state_keys
 from .layout import STATE_DTYPE, FlatLayout
 from .lora_term import build_prior_term
-from .prior_term import PriorTerm
+from .prior_term import PriorTerm, Scale
 from .transfer import RANK_LEVELS, TransferTerm, ema_update_
 
 
@@ -91,6 +101,16 @@ def amp_step_state(optimizer: torch.optim.Optimizer) -> tuple[bool, Optional[tor
     return skipped, getattr(optimizer, "grad_scale", None)
 
 
+def norm_of(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all elements of ``tensors`` together, as a 0-dim float32 tensor (no host sync)."""
+    return torch.stack(torch._foreach_norm(list(tensors))).float().norm()
+
+
+def scaled_norm(tensors: Sequence[torch.Tensor], scales: Sequence[Any]) -> torch.Tensor:
+    """The L2 norm of (scales[i] * tensors[i]) over all i, without materializing the products (no host sync)."""
+    return torch.stack(torch._foreach_mul(list(torch._foreach_norm(list(tensors))), list(scales))).norm()
+
+
 def scaler_state(scaler: Any, optimizer: torch.optim.Optimizer) -> tuple[Optional[torch.Tensor], Optional[dict]]:
     """(scale, iteration) of ``optimizer``'s gradients under a GradScaler (None, None without one or when disabled).
 
@@ -115,6 +135,10 @@ class SRFTEngine:
     """State and per-step work of SRFT for a fixed list of regularized parameters."""
 
     def __init__(self, config: SRFTConfig, targets: list[Target]) -> None:
+        lora = [t.name for t in targets if t.kind in LORA_KINDS]
+        if lora and config.prior_application != "gradient":
+            raise ValueError(f"prior_application={config.prior_application!r} is not supported on LoRA adapters (e.g. "
+                             f"{lora[0]!r}): SRFT on LoRA supports prior_application='gradient' only")
         self.config = config
         self.targets = targets
         self.params = [t.param for t in targets]
@@ -135,6 +159,13 @@ class SRFTEngine:
         self._skipped = False  # the current step is one a GradScaler skips (fused optimizers only)
         self._prior_added: dict[int, weakref.ref] = {}  # index -> gradient tensor given the prior by add_prior_gradient
         self._prior_iteration: Optional[dict] = None  # the GradScaler iteration of those additions (when passed)
+        self._group_of: Optional[list[int]] = None  # param-group index of each regularized parameter (see _step_sizes)
+        self._group_count = 0
+        self._monitor_buffer: Optional[torch.Tensor] = None  # scratch of the balance monitor (allocated when enabled)
+        self._balance: dict[str, torch.Tensor] = {}  # the monitor's norms of the last optimizer step (0-dim tensors)
+        self._record: dict[str, torch.Tensor] = {}  # ... of the step under way (moved to _balance when it completes)
+        if config.monitor_balance:
+            self.monitor(True)
 
     # --- set-up -----------------------------------------------------------------------------------------------------
     def set_prior(self, prior: PriorSignificance) -> None:
@@ -146,6 +177,8 @@ class SRFTEngine:
         old_layout, old_v = self.layout, self.v_flat
         self.prior, self.prior_term, self.layout = prior, term, term.layout
         self._workspace = self._cast = None
+        if self._monitor_buffer is not None:  # scratch: re-laid out / re-allocated on the parameters' device
+            self._monitor_buffer = self.layout.new_buffer()
         if old_v is not None:
             self.v_flat = self.layout.new_buffer()
             torch._foreach_copy_(self.layout.views(self.v_flat), old_layout.views(old_v))
@@ -176,6 +209,7 @@ class SRFTEngine:
         self._warn_at_attach(opt)
         self.detach()
         self.total_steps, self.optimizer, self.statistics = new_total, opt, stats
+        self._group_of = None
         if stats == "own" and self.v_flat is None:
             self.v_flat = self.layout.new_buffer()
         self._handles = [opt.register_step_pre_hook(self._before_step),
@@ -272,6 +306,8 @@ class SRFTEngine:
         device = self.params[0].device
         self.layout.device = device
         self._workspace = self._cast = None
+        if self._monitor_buffer is not None:  # scratch: re-laid out / re-allocated on the parameters' device
+            self._monitor_buffer = self.layout.new_buffer()
         if self.prior_term is not None:
             self.prior_term.to_(device)
         if self.v_flat is not None:
@@ -284,12 +320,15 @@ class SRFTEngine:
         return index, [self.params[i] for i in index], [self.params[i].grad for i in index]
 
     def _add_prior_gradient_(self, index: list[int], lam: float, scale: Optional[torch.Tensor],
-                             added: dict[int, weakref.ref], views: list[torch.Tensor]) -> bool:
+                             added: dict[int, weakref.ref], views: list[torch.Tensor],
+                             sizes: Optional[list[Scale]] = None) -> bool:
         """grad += lam grad R_prior (times ``scale`` for gradients still scaled) on the parameters ``index`` whose
         current gradient tensor is not in ``added`` (those that received it this step); ``views`` are the workspace's
         per-parameter views. Returns whether it ran (grad R_prior, scaled, is then in the workspace and, for non-float32
-        weights, their float32 copy is current)."""
-        if self.config.apply != "grad" or not lam > 0.0 or self.prior_term is None:
+        weights, their float32 copy is current). With ``sizes`` (eta lambda_p per parameter; the monitor is on) it
+        records ||eta lambda_p grad R_prior|| as the prior's share of the balance."""
+        if (self.config.apply != "grad" or self.config.prior_application != "gradient" or not lam > 0.0
+                or self.prior_term is None):
             return False
         if added:
             index = [i for i in index if (ref := added.get(i)) is None or ref() is not self.params[i].grad]
@@ -297,6 +336,8 @@ class SRFTEngine:
                 return False
         ws = self.workspace()
         self.prior_term.gradient_into_(self._float32_params(), ws)
+        if sizes is not None:
+            self._record["prior"] = scaled_norm([views[i] for i in index], [sizes[i] for i in index])
         if scale is not None:
             ws.mul_(scale.to(ws.dtype))
         torch._foreach_add_([self.params[i].grad for i in index], [views[i] for i in index], alpha=lam)
@@ -313,6 +354,8 @@ class SRFTEngine:
         if self.config.apply != "grad":
             raise RuntimeError(f"add_prior_gradient() is for apply='grad'; with apply={self.config.apply!r} the prior "
                                "term is already in the loss, so its gradient is part of the clipped gradient")
+        if self.config.prior_application != "gradient":  # no prior gradient exists: the total gradient is the task's
+            return
         index = self._live()[0]
         if not index:
             raise RuntimeError("add_prior_gradient(): no regularized parameter has a gradient; call it after the last "
@@ -321,8 +364,30 @@ class SRFTEngine:
         if iteration is not None and iteration is not self._prior_iteration:  # a new scaler iteration: a new step
             self._prior_added, self._prior_iteration = {}, iteration
         views = self.layout.views(self.workspace())
-        self._add_prior_gradient_(index, self.coefficients()[0], scale, self._prior_added, views)
+        lam = self.coefficients()[0]
+        sizes = self._step_sizes(self.optimizer, lam) if self.monitoring else None
+        self._add_prior_gradient_(index, lam, scale, self._prior_added, views, sizes)
         self._prior_added.update({i: weakref.ref(self.params[i].grad) for i in index})
+
+    def _step_sizes(self, optimizer: torch.optim.Optimizer, lam: float) -> list[Scale]:
+        """eta lambda_p per regularized parameter, eta its param group's lr now (a number, or a 0-dim tensor when the lr
+        is a tensor on the parameters' device; no host sync). The parameter -> group map is built once and again when
+        the number of param groups changes."""
+        groups = optimizer.param_groups
+        if self._group_of is None or self._group_count != len(groups):
+            where = {id(p): j for j, g in enumerate(groups) for p in g["params"]}
+            self._group_of, self._group_count = [where[id(p)] for p in self.params], len(groups)
+        lrs = [g["lr"].item() if isinstance(g["lr"], torch.Tensor) and g["lr"].device.type == "cpu" else g["lr"]
+               for g in groups]  # a CPU tensor is read without a device sync
+        if any(isinstance(lr, torch.Tensor) for lr in lrs):
+            device = self.layout.device
+            lrs = [lr.to(device, STATE_DTYPE) if isinstance(lr, torch.Tensor)
+                   else torch.full((), lr, device=device, dtype=STATE_DTYPE) for lr in lrs]
+        sizes = [lam * lr for lr in lrs]
+        return [sizes[j] for j in self._group_of]
+
+    def _prior_acts_after_step(self, lam: float) -> bool:
+        return self.config.prior_application != "gradient" and lam > 0.0 and self.prior_term is not None
 
     @torch.no_grad()
     @_without_autocast
@@ -332,7 +397,9 @@ class SRFTEngine:
         if self._skipped:
             return
         lam, gamma = self.coefficients()
-        self._pending = (lam, gamma)
+        monitoring = self.monitoring
+        sizes = self._step_sizes(optimizer, lam) if self._prior_acts_after_step(lam) or monitoring else None
+        self._pending = (lam, gamma, sizes)
         index, params, grads = self._live()
         if not index:
             return
@@ -340,7 +407,7 @@ class SRFTEngine:
         views = self.layout.views(ws)
         live_views = [views[i] for i in index]
         cast = self.params[0].dtype != STATE_DTYPE
-        prior_gradient = self._add_prior_gradient_(index, lam, scale, added, views)
+        prior_gradient = self._add_prior_gradient_(index, lam, scale, added, views, sizes if monitoring else None)
         if self.statistics == "own":
             if len(index) < len(self.params):
                 ws.zero_()  # a parameter without a gradient this step counts as a zero gradient
@@ -348,31 +415,104 @@ class SRFTEngine:
             if scale is not None:
                 ws.div_(scale.to(ws.dtype))
             ema_update_(self.v_flat, ws, self.config.transfer_beta)
-        if gamma > 0.0 and not cast:
+        snapshot = gamma > 0.0 or monitoring or (self.config.prior_application == "decoupled"
+                                                 and self._prior_acts_after_step(lam))
+        if snapshot and not cast:
             torch._foreach_copy_(live_views, params)  # the snapshot theta_{t-1}
-        elif gamma > 0.0 and not prior_gradient:
+        elif snapshot and not prior_gradient:
             self._float32_params()  # the snapshot (the prior gradient made this copy already when it ran)
 
     @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._skipped:  # the optimizer's kernel skipped this step: nothing moved, nothing to count
-            self._skipped = False
+            self._skipped, self._record = False, {}
             return
-        lam, gamma = self._pending if self._pending is not None else self.coefficients()
+        lam, gamma, sizes = self._pending if self._pending is not None else (*self.coefficients(), None)
         self._pending = None
-        if gamma > 0.0:
-            index, params, grads = self._live()
-            if index:
-                v = self._statistics_for(index)
-                views = self.layout.views(self.workspace())
-                if self.params[0].dtype == STATE_DTYPE:  # snapshot in the workspace, gradients (dead after step): scratch
-                    previous, weights = [views[i] for i in index], grads
-                else:  # snapshot in the float32 copy, the workspace as float32 scratch
-                    snapshot = self.layout.views(self._cast)
-                    previous, weights = [snapshot[i] for i in index], [views[i] for i in index]
-                self.transfer.damping_into_(index, v, weights, self.step, gamma)
-                self.transfer.apply_(params, previous, weights)
+        index, params, grads = self._live()
+        if index and (gamma > 0.0 or sizes is not None):
+            self._update_after_step(index, params, grads, lam, gamma, sizes)
+        if self.monitoring:
+            self._balance, self._record = self._record, {}
         self.step += 1
+
+    def _update_after_step(self, index: list[int], params: list[torch.Tensor], grads: list[torch.Tensor], lam: float,
+                           gamma: float, sizes: Optional[list[Scale]]) -> None:
+        """Steps 4 and 5 of the module docstring on the parameters ``index`` (those the optimizer stepped), in float32
+        buffers: for float32 weights the snapshot is in the workspace and the (dead) gradients are the damping's
+        scratch; for other dtypes the snapshot is in the float32 copy and the workspace is the scratch."""
+        cast = self.params[0].dtype != STATE_DTYPE
+        ws = self.workspace()
+        views = self.layout.views(ws)
+        live = [views[i] for i in index]
+        mode = self.config.prior_application if self._prior_acts_after_step(lam) else None
+        monitor = self.monitoring
+        snapshot = live  # theta_t: in the workspace, or for other dtypes in the float32 copy (when it was taken)
+        if cast and (gamma > 0.0 or monitor or mode == "decoupled"):
+            snapshot = [self.layout.views(self._cast)[i] for i in index]
+        if monitor:
+            step = [self.layout.views(self._monitor_buffer)[i] for i in index]
+            torch._foreach_copy_(step, params)
+            torch._foreach_sub_(step, snapshot)  # theta' - theta_t
+            self._record["task_update"] = norm_of(step)
+        if mode == "decoupled" and cast:
+            # the pull c F (theta_t - theta0) goes into the workspace, then out of the weights and of the snapshot, so
+            # that the damping's lerp toward the snapshot leaves it whole: theta' - c G + gamma m (theta_t - theta')
+            self.prior_term.pull_into_(self.layout.views(self._cast), ws, sizes)
+            self._subtract_pull(params, live)
+            torch._foreach_sub_(snapshot, live)
+        if gamma > 0.0:
+            weights = live if cast else grads
+            self.transfer.damping_into_(index, self._statistics_for(index), weights, self.step, gamma)
+            if monitor:
+                torch._foreach_mul_(step, weights)
+                self._record["damping"] = norm_of(step)
+            self.transfer.apply_(params, snapshot, weights)
+        if mode == "decoupled" and not cast:
+            self.prior_term.pull_into_(views, ws, sizes)  # from the snapshot theta_t, in place
+            self._subtract_pull(params, live)
+        elif mode == "proximal":
+            self.prior_term.pull_into_(self._float32_params(), ws, sizes, proximal=True)
+            self._subtract_pull(params, live)
+        if monitor and self.prior_term is not None:
+            self._record["drift"] = self.prior_term.drift_sq(self._float32_params(), self._monitor_buffer).sqrt()
+
+    def _subtract_pull(self, params: list[torch.Tensor], pull: list[torch.Tensor]) -> None:
+        """theta <- theta - pull (the workspace's views of the live parameters); recorded by the monitor."""
+        if self.monitoring:
+            self._record["prior"] = norm_of(pull)
+        torch._foreach_sub_(params, pull)
+
+    # --- balance monitor --------------------------------------------------------------------------------------------
+    def monitor(self, enabled: bool = True) -> None:
+        """Record, at every optimizer step from now on, the norms that `balance` returns (off: no work, no buffer).
+
+        Costs one float32 buffer of the regularized parameters' size and a few fused passes per step while on."""
+        if not isinstance(enabled, bool):
+            raise TypeError(f"monitor(enabled) needs a bool, got {enabled!r}")
+        self._monitor_buffer = self.layout.new_buffer() if enabled else None
+        self._balance, self._record = {}, {}
+
+    @property
+    def monitoring(self) -> bool:
+        return self._monitor_buffer is not None
+
+    def balance(self) -> dict[str, float]:
+        """The norms of the last optimizer step's parts (read here, one host sync; see :meth:`monitor`):
+
+        ``task_update`` ||theta' - theta_t|| (the optimizer's step; under "gradient" it holds the prior's effect),
+        ``prior`` ||the prior's pull|| (the decoupled pull or the proximal shrink applied after the step; under
+        "gradient" eta lambda_p ||grad R_prior||, what the pull would be without the optimizer's rescaling),
+        ``damping`` ||gamma m (theta' - theta_t)|| (what the transfer damping removed), ``drift`` the drift along the
+        kept directions after the step, sqrt(sum ||U^T (W - W0) V||^2 + ||theta - theta0||^2 (diagonal entries)).
+        Parts that did not act are 0; empty before the first monitored step.
+        """
+        if not self._balance:
+            return {}
+        zero = torch.zeros(())
+        keys = ("task_update", "prior", "damping", "drift")
+        values = torch.stack([self._balance.get(k, zero).to(zero.device, zero.dtype) for k in keys]).tolist()
+        return dict(zip(keys, values))
 
     def _statistics_for(self, index: Sequence[int]) -> list[torch.Tensor]:
         if self.statistics == "own":
@@ -393,7 +533,7 @@ class SRFTEngine:
         prior = self.prior_term.nbytes() if self.prior_term is not None else 0
         return {
             "parameters": size(self.params),
-            "workspace": size([t for t in (self._workspace, self._cast) if t is not None]),
+            "workspace": size([t for t in (self._workspace, self._cast, self._monitor_buffer) if t is not None]),
             "statistics": size([self.v_flat]) if self.v_flat is not None else 0,
             "rank_damping": size(self.transfer.rank_codes.values()),
             "prior": prior,

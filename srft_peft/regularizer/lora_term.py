@@ -12,8 +12,9 @@ with P0 = s (U^T B0)(A0 V) at attach time (0 for the usual B0 = 0). With M = ome
 
 All O((m + n) r k) per layer; adapters of the same (m, n, r, k_out, k_in) are one batched matmul, like `PriorTerm`.
 `CombinedPriorTerm` puts this term and a `PriorTerm` over the other regularized parameters behind the `PriorTerm`
-interface (``layout``, ``penalty``, ``gradient_into_``, ``to_``, ``state_tensors``, ``load_state_tensors``), so the
-engine uses it unchanged.
+interface (``layout``, ``penalty``, ``gradient_into_``, ``drift_sq``, ``to_``, ``state_tensors``,
+``load_state_tensors``), so the engine uses it unchanged. On adapters the prior enters the update as a gradient only
+(``prior_application="gradient"``): the proximal step has no closed form in (A, B).
 """
 
 from __future__ import annotations
@@ -121,6 +122,17 @@ class LoRAPriorTerm:
             torch.bmm(U, torch.bmm(M, AV.transpose(1, 2)), out=B)  # dR/dB = s U M (A V)^T
             torch.bmm(torch.bmm(UtB.transpose(1, 2), M), Vt, out=A)  # dR/dA = s (U^T B)^T M V^T
 
+    @torch.no_grad()
+    def drift_sq(self, params: Sequence[torch.Tensor], workspace: torch.Tensor) -> torch.Tensor:
+        """||U^T (s B A) V - P0||^2 summed over the adapters: the squared drift of the effective update along the kept
+        directions (0-dim, no host sync; ``workspace`` unused)."""
+        total = workspace.new_zeros(())
+        for _ga, _gb, ia, ib, _U, Ut, V, _Vt, _omega, s, P0 in self.groups:
+            A = torch.stack([params[i] for i in ia]).to(Ut.dtype)
+            B = torch.stack([params[i] for i in ib]).to(Ut.dtype)
+            total = total + (s * torch.bmm(torch.bmm(Ut, B), torch.bmm(A, V)) - P0).square().sum()
+        return total
+
     def nbytes(self) -> int:
         """Bytes of the significance and anchor tensors this term holds."""
         return sum(t.numel() * t.element_size() for g in self.groups for t in g if isinstance(t, torch.Tensor))
@@ -200,6 +212,13 @@ class CombinedPriorTerm:
         if self.plain is not None:
             self.plain.gradient_into_(self._plain_params(params), workspace)
         self.lora.gradient_into_(params, workspace)
+
+    @torch.no_grad()
+    def drift_sq(self, params: Sequence[torch.Tensor], workspace: torch.Tensor) -> torch.Tensor:
+        total = self.lora.drift_sq(params, workspace)
+        if self.plain is not None:
+            total = total + self.plain.drift_sq(self._plain_params(params), workspace)
+        return total
 
     def nbytes(self) -> int:
         return self.lora.nbytes() + (self.plain.nbytes() if self.plain is not None else 0)

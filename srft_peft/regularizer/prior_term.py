@@ -1,4 +1,5 @@
-"""The prior term R_prior: its value (autograd, for ``apply="loss"``) and its fused gradient (for ``apply="grad"``).
+"""The prior term R_prior: its value (autograd, for ``apply="loss"``), its fused gradient (for ``apply="grad"``) and
+its decoupled or proximal pull (``prior_application``).
 
 K-FAC matrices: R(W) = 1/2 || sqrt(omega) * (U^T (W - W0) V) ||^2, grad = U (omega * (U^T W V - P0)) V^T, with
 P0 = U^T W0 V precomputed, so W0 itself is never stored. Matrices of one shape are one batched matmul.
@@ -18,12 +19,23 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from ..significance.prior import DiagonalSignificance, KFACSignificance, PriorSignificance
 from .layout import STATE_DTYPE, FlatLayout
+
+#: A per-parameter step size c = eta * lambda_p: a number, or a 0-dim tensor on the parameters' device (a tensor lr).
+Scale = Union[float, torch.Tensor]
+
+
+def scaled(omega: torch.Tensor, scales: Sequence[Scale]) -> torch.Tensor:
+    """``omega`` (L, k_out, k_in) times one scale per member: a single multiplication when the members share one."""
+    first = scales[0]
+    if all(s is first for s in scales):
+        return omega * first
+    return torch.stack(torch._foreach_mul(list(omega.unbind(0)), list(scales)))
 
 
 def group_key(entry: KFACSignificance | DiagonalSignificance) -> Optional[Hashable]:
@@ -59,6 +71,7 @@ class PriorTerm:
             self.diag_index = [i for i in range(len(params)) if i not in in_group]
             self.fisher = [entries[i].fisher.to(device, dtype).reshape(params[i].shape) for i in self.diag_index]
             self.theta0 = [params[i].detach().to(dtype, copy=True) for i in self.diag_index]
+        self._scratch: Optional[list[torch.Tensor]] = None  # proximal c F / (1 + c F), allocated on first use
 
     # ----------------------------------------------------------------------------------------------------------------
     def penalty(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -75,26 +88,72 @@ class PriorTerm:
 
     @torch.no_grad()
     def gradient_into_(self, params: Sequence[torch.Tensor], workspace: torch.Tensor) -> None:
-        """Write grad R_prior into ``workspace`` (a flat buffer in this term's layout), no autograd graph.
+        """Write grad R_prior = F (theta - theta0) into ``workspace`` (a flat buffer in this term's layout), no autograd
+        graph: :meth:`pull_into_` without a step size.
 
         Reads each weight once (U^T W through ``_foreach_mm``) and writes each gradient once (one ``bmm`` per group).
         The K-FAC matrices in ``params`` must be float32 (the engine passes a float32 copy of half-precision weights).
+        ``params`` may be ``workspace``'s own views (it is then overwritten in place).
+        """
+        self.pull_into_(params, workspace)
+
+    @torch.no_grad()
+    def pull_into_(self, params: Sequence[torch.Tensor], workspace: torch.Tensor, scales: Optional[Sequence[Scale]] = None,
+                   proximal: bool = False) -> None:
+        """Write the prior's pull on ``params`` into ``workspace``, with c = ``scales[i]`` (eta * lambda_p) per parameter:
+
+        - ``proximal=False``: c F (theta - theta0) (``scales=None``: c = 1, the gradient of R_prior);
+        - ``proximal=True``: (theta - theta0) - (I + c F)^-1 (theta - theta0), i.e. the components U^T (W - W0) V times
+          c omega / (1 + c omega) mapped back by U . V^T, and (theta - theta0) c F / (1 + c F) for diagonal entries.
+
+        ``theta - pull`` is then the decoupled step (applied at theta_t) or the proximal step (applied at theta').
         """
         views = self.layout.views(workspace)
         for g, U, Ut, V, Vt, omega, P0 in self.groups:
             UtW = torch.stack(torch._foreach_mm(list(Ut.unbind(0)), [params[i].view(g.matrix) for i in g.members]))
             M = torch.bmm(UtW, V)
-            M.sub_(P0).mul_(omega)
+            weight = omega if scales is None else scaled(omega, [scales[i] for i in g.members])
+            if proximal:
+                weight = weight / (1.0 + weight)
+            M.sub_(P0).mul_(weight)
             torch.bmm(torch.bmm(U, M), Vt, out=g.stack(workspace))
+        if not self.diag_index:
+            return
+        diag_views = [views[i] for i in self.diag_index]
+        torch._foreach_copy_(diag_views, [params[i] for i in self.diag_index])
+        torch._foreach_sub_(diag_views, self.theta0)
+        if scales is None or not proximal:
+            torch._foreach_mul_(diag_views, self.fisher)
+            if scales is not None:
+                torch._foreach_mul_(diag_views, [scales[i] for i in self.diag_index])
+            return
+        if self._scratch is None:  # c F / (1 + c F) needs one buffer of the diagonal entries' size, allocated once
+            self._scratch = [torch.empty_like(f) for f in self.fisher]
+        torch._foreach_copy_(self._scratch, self.fisher)
+        torch._foreach_mul_(self._scratch, [scales[i] for i in self.diag_index])
+        torch._foreach_mul_(diag_views, self._scratch)
+        torch._foreach_add_(self._scratch, 1.0)
+        torch._foreach_div_(diag_views, self._scratch)
+
+    @torch.no_grad()
+    def drift_sq(self, params: Sequence[torch.Tensor], workspace: torch.Tensor) -> torch.Tensor:
+        """||U^T (W - W0) V||^2 summed over the K-FAC matrices plus ||theta - theta0||^2 over the diagonal entries: the
+        squared drift along the kept directions (a 0-dim float32 tensor, no host sync; ``workspace`` is scratch)."""
+        total = workspace.new_zeros(())
+        for g, _U, Ut, V, _Vt, _omega, P0 in self.groups:
+            UtW = torch.stack(torch._foreach_mm(list(Ut.unbind(0)), [params[i].view(g.matrix) for i in g.members]))
+            total = total + torch.bmm(UtW, V).sub_(P0).square_().sum()
         if self.diag_index:
+            views = self.layout.views(workspace)
             diag_views = [views[i] for i in self.diag_index]
             torch._foreach_copy_(diag_views, [params[i] for i in self.diag_index])
             torch._foreach_sub_(diag_views, self.theta0)
-            torch._foreach_mul_(diag_views, self.fisher)
+            total = total + torch.stack(torch._foreach_norm(diag_views)).square().sum()
+        return total
 
     def nbytes(self) -> int:
         """Bytes of the significance and anchor tensors this term holds."""
-        tensors = [t for _g, *group in self.groups for t in group] + self.fisher + self.theta0
+        tensors = [t for _g, *group in self.groups for t in group] + self.fisher + self.theta0 + (self._scratch or [])
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def to_(self, device: torch.device) -> None:
@@ -103,6 +162,7 @@ class PriorTerm:
         self.groups = [(g, *(t.to(device) for t in group)) for g, *group in self.groups]
         self.fisher = [t.to(device) for t in self.fisher]
         self.theta0 = [t.to(device) for t in self.theta0]
+        self._scratch = None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The anchor data this term holds (for training checkpoints): P0 per group and theta0 per diagonal parameter."""

@@ -422,6 +422,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
                 with torch.no_grad():
                     logs["srft/kappa"] = srft.kappa
                     logs["srft/prior_penalty"] = float(srft.prior_penalty())
+                logs.update({f"srft/{k}": v for k, v in srft.balance().items()})  # the monitor, when it is on
             accelerator.log(logs, step=step)
             bar.set_postfix(loss=f"{last_loss:.3f}")
             loss_sum.zero_()
