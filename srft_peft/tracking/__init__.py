@@ -6,6 +6,7 @@ Example:
     >>> results = finetune_rgbx(FinetuneConfig(method="srft", modality="rgbt"))  # doctest: +SKIP
 """
 
+from .architectures import ARCHITECTURES, TrackerArchitecture, get_architecture, register_architecture
 from .cache import default_cache_dir, file_lock
 from .checkpoint_io import (
     CheckpointFormatError,
@@ -112,6 +113,8 @@ __all__ = [
     "OSTrackRGBX", "TrackerConfig", "TrackerOutput", "ParameterCount", "build_rgbx_from_rgb", "decode_center_maps",
     "save_tracker", "load_tracker", "load_rgb_checkpoint", "read_weights_only", "LoadReport", "CheckpointFormatError",
     "load_trainer_checkpoint", "InertObject", "PartialLoadError",
+    # the tracker architectures (architectures/): one registered module per TrackerConfig.mode
+    "TrackerArchitecture", "register_architecture", "get_architecture", "ARCHITECTURES",
     # crops shared by training and inference (crops.py)
     "crop_tensor", "crop_and_resize", "crop_window", "sample_target", "box_in_window", "box_from_window", "box_to_crop",
     "map_box_back", "clip_box", "normalize_image", "IMAGENET_MEAN", "IMAGENET_STD",

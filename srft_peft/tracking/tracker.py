@@ -42,8 +42,8 @@ class Tracker:
     (:class:`~srft_peft.tracking.sampling.TrackingPairDataset`) use: same sub-pixel window, resampling and normalisation.
 
     Args:
-        model: an ``OSTrackRGBX`` (or any module with ``config.template_size``/``search_size``/``mode`` returning
-            ``score_map``, ``size_map``, ``offset_map``).
+        model: an ``OSTrackRGBX`` (or any module with ``config.template_size``/``search_size`` (and optionally
+            ``input_channels``, default (3, 6)) returning ``score_map``, ``size_map``, ``offset_map``).
         template_factor / search_factor: crop side / sqrt(box area) for template and search crops.
         window: multiply the score map by a Hann window before decoding.
         device: where the model runs (the model is moved there and put in eval mode).
@@ -69,7 +69,7 @@ class Tracker:
         cfg = model.config
         self.template_size = int(cfg.template_size)
         self.search_size = int(cfg.search_size)
-        self.in_chans = (3, 6) if getattr(cfg, "mode", "rgb") == "rgb" else (6,)
+        self.in_chans = tuple(getattr(cfg, "input_channels", (3, 6)))
         self.template_factor = float(template_factor)
         self.search_factor = float(search_factor)
         self.use_window = bool(window)
