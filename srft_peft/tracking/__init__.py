@@ -47,8 +47,9 @@ from .crops import (
     sample_target,
 )
 from .datasets import (
-    DATASET_LOADERS,
+    DATASETS,
     MODALITIES,
+    DatasetRecord,
     Sequence,
     depth_to_colormap,
     load_coesot,
@@ -63,6 +64,7 @@ from .datasets import (
     load_visevent,
     read_boxes,
     read_flags,
+    register_dataset,
 )
 from .demo_data import DEMO_LAYOUTS, DemoConfig, default_demo_root, load_demo_dataset, make_demo_dataset
 from .demo_tracker import DEMO_TRACKER_DIR, demo_tracker_recipe, load_demo_rgb_tracker, write_demo_tracker
@@ -123,7 +125,8 @@ __all__ = [
     # inference (tracker.py)
     "Tracker", "hann2d",
     # data sets (datasets.py), demo data (demo_data.py), training pairs (sampling.py)
-    "Sequence", "load_dataset", "DATASET_LOADERS", "MODALITIES", "load_lasher", "load_rgbt234", "load_rgbt210",
+    "Sequence", "load_dataset", "DATASETS", "DatasetRecord", "register_dataset", "MODALITIES", "load_lasher",
+    "load_rgbt234", "load_rgbt210",
     "load_gtot", "load_depthtrack", "load_visevent", "load_fe108", "load_coesot", "load_rgb_only", "read_boxes",
     "read_flags", "depth_to_colormap",
     "make_demo_dataset", "load_demo_dataset", "default_demo_root", "DemoConfig", "DEMO_LAYOUTS",
