@@ -33,6 +33,7 @@ __all__ = [
     "Sequence",
     "read_boxes",
     "read_flags",
+    "decode_text",
     "depth_to_colormap",
     "load_dataset",
     "load_lasher",
@@ -54,7 +55,7 @@ _SEPARATORS = re.compile(r"[,\s]+")
 # ----------------------------------------------------------------------------------------------------------------------
 # Annotation parsing
 # ----------------------------------------------------------------------------------------------------------------------
-def _decode_text(path: Path, data: bytes) -> str:
+def decode_text(path: Path, data: bytes) -> str:
     """UTF-8 text (a BOM is dropped); anything else, e.g. UTF-16 or Latin-1, is an error naming the file."""
     hint = "re-save it as UTF-8 or ASCII"
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
@@ -72,7 +73,7 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    text = _decode_text(path, path.read_bytes())
+    text = decode_text(path, path.read_bytes())
     lines = text.splitlines()  # splits on \n, \r\n and \r
     # Trailing blank lines are common and harmless; blank lines inside the file are an error (frames would shift).
     while lines and not lines[-1].strip():

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .crops import _as_box, box_from_window, clip_box, crop_tensor
+from .crops import as_box, box_from_window, clip_box, crop_tensor
 from .model import decode_center_maps
 
 __all__ = ["Tracker", "hann2d"]
@@ -87,7 +87,7 @@ class Tracker:
     def initialize(self, image: np.ndarray, box_xywh: Sequence[float] | np.ndarray) -> None:
         """Crop and store the template around the first-frame box (x, y, w, h, pixels)."""
         self._check_image(image)
-        box = _as_box(box_xywh)
+        box = as_box(box_xywh)
         crop, _ = crop_tensor(image, box, self.template_factor, self.template_size)
         self.template = crop.unsqueeze(0).to(self.device)
         self.state = box
@@ -127,7 +127,7 @@ class Tracker:
         for i, frame in enumerate(frames):
             if i == 0:
                 self.initialize(frame, init_box_xywh)
-                boxes.append(_as_box(init_box_xywh))
+                boxes.append(as_box(init_box_xywh))
                 scores.append(1.0)
             else:
                 box, conf = self.track(frame)
