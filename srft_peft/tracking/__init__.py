@@ -19,19 +19,6 @@ from .checkpoint_io import (
     read_weights_only,
     save_tracker,
 )
-from .compare import (
-    ClaimVerdict,
-    MethodComparison,
-    MethodSummary,
-    ModalityVerdict,
-    PairedDifference,
-    bootstrap_means,
-    compare_methods,
-    decide_claim,
-    format_comparison_table,
-    paired_difference,
-    summarize,
-)
 from .crops import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -138,9 +125,6 @@ __all__ = [
     "evaluate_results", "PROTOCOLS", "Protocol", "precision_curve", "normalized_precision_curve", "success_curve",
     "auc", "long_term_precision_recall", "box_iou", "center_error", "normalized_center_error",
     "plot_success", "plot_precision", "plot_summaries",
-    # paired comparisons of methods (compare.py)
-    "paired_difference", "bootstrap_means", "summarize", "decide_claim", "compare_methods", "format_comparison_table",
-    "PairedDifference", "MethodSummary", "ModalityVerdict", "ClaimVerdict", "MethodComparison",
     # caches (cache.py)
     "default_cache_dir", "file_lock",
     # training recipes (the train/ package)
