@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.compare import paired_difference
 from benchmarks.transfer import (
     MODALITIES,
     TITLES,
@@ -37,7 +38,6 @@ from benchmarks.transfer import (
     selection_score,
     shipped_tracker,
 )
-from srft_peft.tracking.compare import paired_difference
 from srft_peft.tracking.demo_data import default_demo_root
 from srft_peft.tracking.train import FinetuneConfig
 
@@ -96,7 +96,7 @@ def transfer_share(out: Path, run: Run) -> float | None:
 def summarize_rows(entries: list[dict], resamples: int = 10_000) -> dict[str, list[dict]]:
     """Per modality, per row (in :data:`ROWS` order): mean over seeds of target-val SR, RGB-val SR, score and
     transfer_share; the per-seed score differences to the default row of the same seed; and the paired two-way
-    bootstrap intervals (:func:`~srft_peft.tracking.compare.paired_difference`, over seeds x validation sequences) of
+    bootstrap intervals (:func:`benchmarks.compare.paired_difference`, over seeds x validation sequences) of
     the target-val and RGB-val SR differences to the default row. ``entries``: dicts with modality, row, seed,
     target_sr, rgb_sr, score, transfer_share and the per-sequence scores ``target_seq`` / ``rgb_seq``."""
     table: dict[str, list[dict]] = {}

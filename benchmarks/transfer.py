@@ -9,8 +9,8 @@ test and protocol"):
 * **final**: the selected configuration of each method x modality with the final seeds, scored once on the target
   ``test`` split and on RGB ``retention``; mean (sample SD over seeds) of SR / PR / NPR, paired two-way bootstrap 95 %
   intervals of the differences against full fine-tuning and the best other method
-  (:func:`~srft_peft.tracking.compare.compare_methods`), and the claim's verdict
-  (:func:`~srft_peft.tracking.compare.decide_claim`). The start row is the converted dual-stream model at step 0.
+  (:func:`benchmarks.compare.compare_methods`), and the claim's verdict
+  (:func:`benchmarks.compare.decide_claim`). The start row is the converted dual-stream model at step 0.
 
     python benchmarks/transfer.py                 # protocol v3, both stages: 3 modalities x 10 methods (6 configs,
                                                   # then seeds 3-5), 60 steps x 16 pairs, 12 frames per sequence
@@ -34,6 +34,7 @@ import math
 import multiprocessing
 import os
 import platform
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -45,17 +46,20 @@ import torch
 
 from srft_peft.checkpoint import ESTIMATION_FIELDS
 from srft_peft.config import SRFTConfig
-from srft_peft.tracking.compare import (
+from srft_peft.tracking.demo_data import default_demo_root, make_demo_dataset
+from srft_peft.tracking.demo_tracker import DEMO_TRACKER_DIR, verify_checksums
+from srft_peft.tracking.train import FinetuneConfig, finetune_rgbx, method_srft_config
+from srft_peft.tracking.train.config import DEMO_JITTER
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as `python benchmarks/transfer.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.compare import (  # noqa: E402
     DEFAULT_RESAMPLES,
     compare_methods,
     decide_claim,
     format_comparison_table,
     summarize,
 )
-from srft_peft.tracking.demo_data import default_demo_root, make_demo_dataset
-from srft_peft.tracking.demo_tracker import DEMO_TRACKER_DIR, verify_checksums
-from srft_peft.tracking.train import FinetuneConfig, finetune_rgbx, method_srft_config
-from srft_peft.tracking.train.config import DEMO_JITTER
 
 MODALITIES = ("rgbt", "rgbd", "rgbe")
 TITLES = {"rgbt": "RGB-T", "rgbd": "RGB-D", "rgbe": "RGB-E"}

@@ -205,7 +205,10 @@ class SRFTModel(nn.Module):
         return prior
 
     def set_prior(self, prior: PriorSignificance) -> None:
-        """Use an existing prior significance (e.g. loaded from a checkpoint), anchored at the current weights."""
+        """Use an existing prior significance (e.g. loaded from a checkpoint), anchored at the current weights.
+
+        The prior must be normalized (``prior.normalize()``, or built with ``normalized=True``); a raw one is a
+        ``ValueError``. Checkpoints written by ``save_pretrained`` hold normalized significances and load as such."""
         self._engine.set_prior(prior)
 
     @property

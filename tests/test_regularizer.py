@@ -276,3 +276,20 @@ def test_memory_footprint_counts_srft_buffers(token_mlp, token_batches):
     assert mem["workspace"] == mem["parameters"]  # one flat workspace; Adam's exp_avg_sq reused for v
     assert mem["statistics"] == 0 and mem["rank_damping"] == 0
     assert mem["prior"] > 0
+
+
+def test_set_prior_refuses_a_raw_prior_and_changes_nothing():
+    """``PriorSignificance.normalized`` is enforced: a raw (unnormalized) prior is refused before anything is set;
+    the same prior once normalized is used as it is."""
+    from srft_peft.significance.prior import DiagonalSignificance, PriorSignificance
+
+    model = nn.Linear(3, 2)
+    srft = get_srft_model(model, SRFTConfig(prior_estimator="diagonal", total_steps=4))
+    raw = PriorSignificance({t.name: DiagonalSignificance(t.name, torch.full_like(t.param, 4.0))
+                             for t in srft.regularized_targets})
+    with pytest.raises(ValueError, match=r"not normalized \(normalized=False\); call prior.normalize\(\) first"):
+        srft.set_prior(raw)
+    assert srft.prior is None
+    srft.set_prior(raw.normalize())
+    assert srft.prior is raw and raw.normalizer == 4.0
+    assert all(torch.equal(e.fisher, torch.ones_like(e.fisher)) for e in srft.prior.entries.values())

@@ -169,7 +169,9 @@ class SRFTEngine:
 
     # --- set-up -----------------------------------------------------------------------------------------------------
     def set_prior(self, prior: PriorSignificance) -> None:
-        """Use ``prior`` from now on, anchored at the current weights; re-lays the flat buffers if needed."""
+        """Use ``prior`` from now on, anchored at the current weights; re-lays the flat buffers if needed. A prior that
+        is not normalized (``prior.normalized`` False) is refused, nothing changed."""
+        prior.require_normalized()
         if self.step > 0:
             warnings.warn(f"SRFT: the prior is set after {self.step} optimizer steps; the anchor theta0 becomes the "
                           "current (already fine-tuned) weights", stacklevel=3)

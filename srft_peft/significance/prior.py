@@ -119,6 +119,21 @@ class PriorSignificance:
         self.normalizer, self.normalized = c, True
         return self
 
+    def require_normalized(self) -> None:
+        """Raise ``ValueError`` unless the significances are normalized (``normalized=True``): :meth:`normalize` sets
+        it; a prior whose scale is meant as it is (e.g. L2-SP's uniform ones) is built with ``normalized=True``.
+
+        Example:
+            >>> raw = PriorSignificance({"b": DiagonalSignificance("b", torch.ones(2))})
+            >>> raw.require_normalized()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ValueError: the prior significance is not normalized (normalized=False); call prior.normalize() first, ...
+            >>> raw.normalize().require_normalized()
+        """
+        if not self.normalized:
+            raise ValueError("the prior significance is not normalized (normalized=False); call prior.normalize() "
+                             "first, or build it with normalized=True if its scale is meant as it is")
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat ``{"<param>.<U|V|omega|fisher>": tensor}`` for safetensors."""
         return {f"{name}.{key}": t.contiguous() for name, e in self.entries.items() for key, t in e.tensors().items()}

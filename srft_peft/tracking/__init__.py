@@ -6,6 +6,7 @@ Example:
     >>> results = finetune_rgbx(FinetuneConfig(method="srft", modality="rgbt"))  # doctest: +SKIP
 """
 
+from .architectures import ARCHITECTURES, TrackerArchitecture, get_architecture, register_architecture
 from .cache import default_cache_dir, file_lock
 from .checkpoint_io import (
     CheckpointFormatError,
@@ -17,19 +18,6 @@ from .checkpoint_io import (
     load_trainer_checkpoint,
     read_weights_only,
     save_tracker,
-)
-from .compare import (
-    ClaimVerdict,
-    MethodComparison,
-    MethodSummary,
-    ModalityVerdict,
-    PairedDifference,
-    bootstrap_means,
-    compare_methods,
-    decide_claim,
-    format_comparison_table,
-    paired_difference,
-    summarize,
 )
 from .crops import (
     IMAGENET_MEAN,
@@ -46,8 +34,9 @@ from .crops import (
     sample_target,
 )
 from .datasets import (
-    DATASET_LOADERS,
+    DATASETS,
     MODALITIES,
+    DatasetRecord,
     Sequence,
     depth_to_colormap,
     load_coesot,
@@ -62,6 +51,7 @@ from .datasets import (
     load_visevent,
     read_boxes,
     read_flags,
+    register_dataset,
 )
 from .demo_data import DEMO_LAYOUTS, DemoConfig, default_demo_root, load_demo_dataset, make_demo_dataset
 from .demo_tracker import DEMO_TRACKER_DIR, demo_tracker_recipe, load_demo_rgb_tracker, write_demo_tracker
@@ -112,6 +102,8 @@ __all__ = [
     "OSTrackRGBX", "TrackerConfig", "TrackerOutput", "ParameterCount", "build_rgbx_from_rgb", "decode_center_maps",
     "save_tracker", "load_tracker", "load_rgb_checkpoint", "read_weights_only", "LoadReport", "CheckpointFormatError",
     "load_trainer_checkpoint", "InertObject", "PartialLoadError",
+    # the tracker architectures (architectures/): one registered module per TrackerConfig.mode
+    "TrackerArchitecture", "register_architecture", "get_architecture", "ARCHITECTURES",
     # crops shared by training and inference (crops.py)
     "crop_tensor", "crop_and_resize", "crop_window", "sample_target", "box_in_window", "box_from_window", "box_to_crop",
     "map_box_back", "clip_box", "normalize_image", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -120,7 +112,8 @@ __all__ = [
     # inference (tracker.py)
     "Tracker", "hann2d",
     # data sets (datasets.py), demo data (demo_data.py), training pairs (sampling.py)
-    "Sequence", "load_dataset", "DATASET_LOADERS", "MODALITIES", "load_lasher", "load_rgbt234", "load_rgbt210",
+    "Sequence", "load_dataset", "DATASETS", "DatasetRecord", "register_dataset", "MODALITIES", "load_lasher",
+    "load_rgbt234", "load_rgbt210",
     "load_gtot", "load_depthtrack", "load_visevent", "load_fe108", "load_coesot", "load_rgb_only", "read_boxes",
     "read_flags", "depth_to_colormap",
     "make_demo_dataset", "load_demo_dataset", "default_demo_root", "DemoConfig", "DEMO_LAYOUTS",
@@ -132,9 +125,6 @@ __all__ = [
     "evaluate_results", "PROTOCOLS", "Protocol", "precision_curve", "normalized_precision_curve", "success_curve",
     "auc", "long_term_precision_recall", "box_iou", "center_error", "normalized_center_error",
     "plot_success", "plot_precision", "plot_summaries",
-    # paired comparisons of methods (compare.py)
-    "paired_difference", "bootstrap_means", "summarize", "decide_claim", "compare_methods", "format_comparison_table",
-    "PairedDifference", "MethodSummary", "ModalityVerdict", "ClaimVerdict", "MethodComparison",
     # caches (cache.py)
     "default_cache_dir", "file_lock",
     # training recipes (the train/ package)

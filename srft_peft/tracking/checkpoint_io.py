@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .architectures import RGB_ROLES
 from .model import OSTrackRGBX, TrackerConfig
 
 __all__ = [
@@ -238,11 +239,12 @@ def _is_square(n: int) -> bool:
 def load_rgb_checkpoint(model: OSTrackRGBX, path: str | Path, strict: bool = False) -> LoadReport:
     """Load an RGB OSTrack/DropTrack checkpoint (``.pth.tar``/``.pth``) into ``model``.
 
-    Works for every mode: the RGB weights go to ``backbone``/``box_head`` and, for ``dual_stream``/``prompt``, are
-    copied on as in :meth:`OSTrackRGBX.from_rgb`. Key handling: ``backbone.pos_embed_z``/``pos_embed_x`` are used
-    (bicubically resized if their grid differs); without them, the 2-D ``backbone.pos_embed`` (e.g. 14×14 + cls) is
-    resized to both grids. A bare timm ViT state dict (no ``backbone.`` prefix, e.g. MAE) is prefixed. Keys the
-    tracker never uses (cls token, ``pos_embed``, a classifier ``head``) go to ``ignored``. Entries that are missing
+    Works for every architecture: the RGB weights go to the parameters of the RGB roles (``backbone``/``box_head``)
+    and are copied on into the architecture's own modules as in :meth:`OSTrackRGBX.from_rgb`. Key handling:
+    ``backbone.pos_embed_z``/``pos_embed_x`` are used (bicubically resized if their grid differs); without them, the
+    2-D ``backbone.pos_embed`` (e.g. 14×14 + cls) is resized to both grids. A bare timm ViT state dict (no
+    ``backbone.`` prefix, e.g. MAE) is prefixed. Keys the tracker never uses (cls token, ``pos_embed``, a classifier
+    ``head``) go to ``ignored``. Entries that are missing
     or mismatched keep the model's current values.
 
     Args:
@@ -254,8 +256,8 @@ def load_rgb_checkpoint(model: OSTrackRGBX, path: str | Path, strict: bool = Fal
         state = {f"backbone.{k}": v for k, v in state.items()}
     report = LoadReport(path=str(path))
     cfg = model.config
-    expected = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
-    expected.update({f"box_head.{k}": v for k, v in model.box_head.state_dict().items()})
+    roles = model.architecture.parameter_roles(model)
+    expected = {k: v for k, v in model.state_dict().items() if roles[k] in RGB_ROLES}  # backbone.*, box_head.*
 
     mapped: dict[str, torch.Tensor] = {}
     used: set[str] = set()

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "as_box",
     "box_from_window",
     "box_in_window",
     "box_to_crop",
@@ -57,7 +58,9 @@ _PADS = ("zeros", "mean")
 Window = tuple[float, float, float]
 
 
-def _as_box(box_xywh: Sequence[float] | np.ndarray | torch.Tensor, name: str = "box_xywh") -> np.ndarray:
+def as_box(box_xywh: Sequence[float] | np.ndarray | torch.Tensor, name: str = "box_xywh") -> np.ndarray:
+    """``box_xywh`` (a sequence, array or tensor) as 4 float64 numbers; anything else is a ``ValueError`` naming
+    ``name``."""
     if isinstance(box_xywh, torch.Tensor):
         box_xywh = box_xywh.detach().cpu().numpy()
     box = np.asarray(box_xywh, dtype=np.float64).reshape(-1)
@@ -78,7 +81,7 @@ def crop_window(
         >>> crop_window((40, 40, 20, 20), 2.0), crop_window((40.5, 40, 20, 20), 2.0, exact=True)
         ((30, 30, 40), (30.5, 30.0, 40.0))
     """
-    x, y, w, h = _as_box(box_xywh)
+    x, y, w, h = as_box(box_xywh)
     if w <= 0 or h <= 0:
         raise ValueError(f"box_xywh must have positive width and height, got {box_xywh!r}")
     if not search_area_factor > 0:
@@ -231,7 +234,7 @@ def box_in_window(
         >>> box_in_window((40, 40, 20, 20), (30, 30, 40)).tolist()
         [0.25, 0.25, 0.5, 0.5]
     """
-    x, y, w, h = _as_box(box_xywh)
+    x, y, w, h = as_box(box_xywh)
     x0, y0, side = _check_window(window)
     if output_size is None:
         limit = 1.0
@@ -251,7 +254,7 @@ def box_from_window(
     box_crop_xywh: Sequence[float] | np.ndarray, window: Sequence[float], output_size: float | None = None
 ) -> np.ndarray:
     """Exact inverse of :func:`box_in_window` (without clipping): crop box -> image x, y, w, h (float64, (4,))."""
-    box = _as_box(box_crop_xywh, "box_crop_xywh")
+    box = as_box(box_crop_xywh, "box_crop_xywh")
     x0, y0, side = _check_window(window)
     inv = side if output_size is None else side / float(output_size)
     return np.array([x0 + box[0] * inv, y0 + box[1] * inv, box[2] * inv, box[3] * inv])
@@ -294,7 +297,7 @@ def clip_box(box_xywh: Sequence[float] | np.ndarray, height: int, width: int, ma
 
     x1 ∈ [0, W - margin], x2 ∈ [margin, W], w = max(margin, x2 - x1) (same for y).
     """
-    x, y, w, h = _as_box(box_xywh)
+    x, y, w, h = as_box(box_xywh)
     x1 = min(max(0.0, x), width - margin)
     x2 = min(max(margin, x + w), width)
     y1 = min(max(0.0, y), height - margin)

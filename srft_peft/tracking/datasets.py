@@ -21,12 +21,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .protocols import PROTOCOLS, Protocol
+
 __all__ = [
     "MODALITIES",
-    "DATASET_LOADERS",
+    "DATASETS",
+    "DatasetRecord",
+    "demo_datasets",
+    "get_dataset",
+    "register_dataset",
     "Sequence",
     "read_boxes",
     "read_flags",
+    "decode_text",
     "depth_to_colormap",
     "load_dataset",
     "load_lasher",
@@ -48,7 +55,7 @@ _SEPARATORS = re.compile(r"[,\s]+")
 # ----------------------------------------------------------------------------------------------------------------------
 # Annotation parsing
 # ----------------------------------------------------------------------------------------------------------------------
-def _decode_text(path: Path, data: bytes) -> str:
+def decode_text(path: Path, data: bytes) -> str:
     """UTF-8 text (a BOM is dropped); anything else, e.g. UTF-16 or Latin-1, is an error naming the file."""
     hint = "re-save it as UTF-8 or ASCII"
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
@@ -66,7 +73,7 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    text = _decode_text(path, path.read_bytes())
+    text = decode_text(path, path.read_bytes())
     lines = text.splitlines()  # splits on \n, \r\n and \r
     # Trailing blank lines are common and harmless; blank lines inside the file are an error (frames would shift).
     while lines and not lines[-1].strip():
@@ -252,7 +259,9 @@ class Sequence:
     )
     modality: str = field(default="rgbt", metadata={"help": "One of 'rgbt', 'rgbd', 'rgbe', 'rgb'."})
     dataset: str = field(
-        default="", metadata={"help": "Name of the benchmark it comes from; picks the default evaluation protocol."}
+        default="",
+        metadata={"help": "The registered dataset (DATASETS) it comes from, whose protocol evaluate_results uses by "
+                          "default; '' = no benchmark (the generic 'default' protocol)."},
     )
     init_box: np.ndarray | None = field(
         default=None,
@@ -540,27 +549,113 @@ def load_rgb_only(root: str | Path, split_file: str | Path | None = None) -> lis
     return seqs
 
 
-DATASET_LOADERS: dict[str, Callable[..., list[Sequence]]] = {
-    "lasher": load_lasher,
-    "rgbt234": load_rgbt234,
-    "rgbt210": load_rgbt210,
-    "gtot": load_gtot,
-    "depthtrack": load_depthtrack,
-    "vot-rgbd": load_depthtrack,
-    "visevent": load_visevent,
-    "fe108": load_fe108,
-    "coesot": load_coesot,
-    "rgb": load_rgb_only,
-}
+@dataclass(frozen=True)
+class DatasetRecord:
+    """Everything the toolkit knows about one benchmark: its loader, metric protocol, modality and on-disk layout.
+
+    Example:
+        >>> record = DATASETS["depthtrack"]
+        >>> record.modality, record.protocol.name, record.protocol.long_term
+        ('rgbd', 'depthtrack', True)
+    """
+
+    name: str = field(metadata={"help": "Key of :data:`DATASETS` (lower case; what ``load_dataset`` takes)."})
+    loader: Callable[..., list[Sequence]] = field(metadata={"help": "``loader(root, split_file=None, **kw)``."})
+    protocol: Protocol = field(metadata={"help": "How its official toolkit scores it (a :class:`Protocol`)."})
+    protocol_source: str = field(metadata={"help": "Where the protocol's rules come from (toolkit, paper)."})
+    modality: str = field(metadata={"help": f"One of {MODALITIES}."})
+    layout: str = field(metadata={"help": "The files of one sequence on disk."})
+    demo: bool = field(
+        default=False,
+        metadata={"help": "The layout the demo set of its modality is written in, and the data set a fine-tune of "
+                          "that modality uses by default (one per modality)."},
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or self.name != self.name.lower():
+            raise ValueError(f"DatasetRecord.name must be a non-empty lower-case string, got {self.name!r}")
+        if not isinstance(self.protocol, Protocol):
+            raise ValueError(f"dataset {self.name!r} has no metric protocol (got {self.protocol!r}): give it one of "
+                             f"PROTOCOLS {sorted(PROTOCOLS)} or a Protocol(...) of its own, with its source")
+        if not isinstance(self.protocol_source, str) or not self.protocol_source.strip():
+            raise ValueError(f"dataset {self.name!r}: protocol_source must say where protocol "
+                             f"{self.protocol.name!r} comes from, got {self.protocol_source!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"dataset {self.name!r}: modality must be one of {MODALITIES}, got {self.modality!r}")
+        if not callable(self.loader):
+            raise ValueError(f"dataset {self.name!r}: loader must be callable, got {self.loader!r}")
+
+
+#: name -> :class:`DatasetRecord`, one per benchmark (:func:`register_dataset` adds one).
+DATASETS: dict[str, DatasetRecord] = {}
+
+
+def register_dataset(record: DatasetRecord) -> DatasetRecord:
+    """Add ``record`` to :data:`DATASETS`; a taken name, or a second ``demo`` record of a modality, is an error."""
+    if not isinstance(record, DatasetRecord):
+        raise TypeError(f"register_dataset takes a DatasetRecord, got {type(record).__name__}")
+    if record.name in DATASETS:
+        raise ValueError(f"a dataset named {record.name!r} is already registered")
+    if record.demo and any(r.demo and r.modality == record.modality for r in DATASETS.values()):
+        raise ValueError(f"dataset {record.name!r}: modality {record.modality!r} already has its demo dataset")
+    DATASETS[record.name] = record
+    return record
+
+
+def get_dataset(name: str) -> DatasetRecord:
+    """The record of ``name`` (case-insensitive, ``_`` read as ``-``); an unknown name lists the registered ones."""
+    key = str(name).lower().replace("_", "-")
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[key]
+
+
+def demo_datasets() -> dict[str, str]:
+    """modality -> the name of its ``demo`` dataset, in :data:`MODALITIES` order."""
+    demo = {r.modality: r.name for r in DATASETS.values() if r.demo}
+    return {m: demo[m] for m in MODALITIES if m in demo}
+
+
+_RGBT_LAYOUT = "<seq>/visible/*.jpg, <seq>/infrared/*.jpg"
+_RGBT234_SOURCE = "RGBT234 toolkit (Li et al., Pattern Recognition 2019): boxes scored as written, MPR / MSR"
+for _record in (
+    DatasetRecord("lasher", load_lasher, PROTOCOLS["lasher"], "LasHeR toolkit (Li et al., TIP 2021)", "rgbt",
+                  f"{_RGBT_LAYOUT}, visible.txt, infrared.txt, init.txt", demo=True),
+    DatasetRecord("rgbt234", load_rgbt234, PROTOCOLS["rgbt234"], _RGBT234_SOURCE, "rgbt",
+                  f"{_RGBT_LAYOUT}, visible.txt, infrared.txt, init.txt"),
+    DatasetRecord("rgbt210", load_rgbt210, PROTOCOLS["rgbt210"],
+                  "RGBT210 (Li et al., ACM MM 2017), a subset of RGBT234 scored by the same toolkit family with one "
+                  "ground truth (PR / SR); not stated in REFERENCE.md, see docs/tracking.md", "rgbt",
+                  f"{_RGBT_LAYOUT}, init.txt"),
+    DatasetRecord("gtot", load_gtot, PROTOCOLS["gtot"], "GTOT toolkit (Li et al., TIP 2016)", "rgbt",
+                  "<seq>/v/*.png, <seq>/i/*.png, groundTruth_v.txt, groundTruth_i.txt (corners), init.txt"),
+    DatasetRecord("depthtrack", load_depthtrack, PROTOCOLS["depthtrack"],
+                  "DepthTrack / VOT long-term toolkit (Yan et al., ICCV 2021): precision, recall, F", "rgbd",
+                  "<seq>/color/%08d.jpg, <seq>/depth/%08d.png (16-bit mm), groundtruth.txt", demo=True),
+    DatasetRecord("vot-rgbd", load_depthtrack, PROTOCOLS["depthtrack"],
+                  "VOT-RGBD long-term measures (precision, recall, F), as DepthTrack", "rgbd",
+                  "VOT workspace sequences/<seq>/ with color/, depth/, groundtruth.txt"),
+    DatasetRecord("visevent", load_visevent, PROTOCOLS["visevent"],
+                  "VisEvent toolkit (Wang et al., 2021), LaSOT-style MATLAB code: SR, PR, NPR", "rgbe",
+                  "<seq>/vis_imgs/*.bmp, <seq>/event_imgs/*.bmp, groundtruth.txt, absent_label.txt", demo=True),
+    DatasetRecord("fe108", load_fe108, PROTOCOLS["fe108"],
+                  "FE108 (Zhang et al., ICCV 2021) reports RSR / RPR, OTB-style one-pass success AUC and 20 px "
+                  "precision on fully annotated sequences; not stated in REFERENCE.md, see docs/tracking.md", "rgbe",
+                  "<seq>/img/%04d.jpg, event frames (inter3_stack/, events/ or event_imgs/), groundtruth_rect.txt"),
+    DatasetRecord("coesot", load_coesot, PROTOCOLS["coesot"],
+                  "COESOT_eval_toolkit (Tang et al., 2022; the VisEvent group), LaSOT-style MATLAB code: SR, PR, NPR; "
+                  "not stated in REFERENCE.md, see docs/tracking.md", "rgbe",
+                  "<seq>/<seq>_aps/frame%04d.png, <seq>/<seq>_dvs/frame%04d.png, groundtruth.txt"),
+    DatasetRecord("rgb", load_rgb_only, PROTOCOLS["default"], "generic one-pass evaluation (no benchmark toolkit)",
+                  "rgb", "<seq>/img/*.jpg, groundtruth.txt", demo=True),
+):
+    register_dataset(_record)
 
 
 def load_dataset(name: str, root: str | Path, **kwargs: Any) -> list[Sequence]:
-    """Load a benchmark by name (case-insensitive; see :data:`DATASET_LOADERS`).
+    """Load a benchmark by name (case-insensitive; see :data:`DATASETS`).
 
     Example:
         >>> seqs = load_dataset("depthtrack", "/data/DepthTrack/test")  # doctest: +SKIP
     """
-    key = str(name).lower().replace("_", "-")
-    if key not in DATASET_LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASET_LOADERS)}")
-    return DATASET_LOADERS[key](root, **kwargs)
+    return get_dataset(name).loader(root, **kwargs)

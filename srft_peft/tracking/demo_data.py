@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .cache import file_lock
-from .datasets import Sequence, load_dataset
+from .datasets import Sequence, demo_datasets, load_dataset
 
 __all__ = [
     "DEMO_LAYOUTS",
@@ -65,7 +65,8 @@ __all__ = [
 ]
 
 GENERATOR_VERSION = 1  # the default generator (the shipped demo); version 2 is opt-in via DemoConfig.version
-DEMO_LAYOUTS = {"rgbt": "lasher", "rgbd": "depthtrack", "rgbe": "visevent", "rgb": "rgb"}
+#: modality -> the dataset whose layout its demo set is written in (the ``demo`` records of DATASETS).
+DEMO_LAYOUTS = demo_datasets()
 _SPLITS = ("train", "test")
 
 # Regions of grace_hopper.jpg (512 x 600) used as targets: (x1, y1, x2, y2).

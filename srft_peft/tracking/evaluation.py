@@ -24,13 +24,13 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from .datasets import Sequence, _decode_text, read_boxes
+from .datasets import Sequence, decode_text, read_boxes
 
-__all__ = ["Tracker", "SequenceResult", "run_tracker", "save_result", "load_results"]
+__all__ = ["TrackerInterface", "SequenceResult", "run_tracker", "save_result", "load_results"]
 
 
-class Tracker(Protocol):
-    """The protocol :func:`run_tracker` expects."""
+class TrackerInterface(Protocol):
+    """What :func:`run_tracker` expects of a tracker (a typing protocol; :class:`~srft_peft.tracking.Tracker` is one)."""
 
     def initialize(self, image: np.ndarray, box_xywh: np.ndarray) -> Any: ...
 
@@ -72,7 +72,7 @@ def save_result(results_dir: str | Path, name: str, result: SequenceResult, time
 
 def _read_values(path: Path) -> np.ndarray:
     values = []
-    for number, line in enumerate(_decode_text(path, path.read_bytes()).splitlines(), start=1):
+    for number, line in enumerate(decode_text(path, path.read_bytes()).splitlines(), start=1):
         line = line.strip()
         if not line:
             values.append(math.nan)  # VOT leaves the initialisation frame empty
@@ -115,7 +115,7 @@ def load_results(
 
 
 def run_tracker(
-    tracker: Tracker,
+    tracker: TrackerInterface,
     sequences: SequenceABC[Sequence],
     results_dir: str | Path | None = None,
     progress: bool = True,

@@ -29,10 +29,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from collections.abc import Sequence as SequenceABC
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .datasets import get_dataset
+from .protocols import ABSENT_RULES, PROTOCOLS, Protocol, check_absent_rule
 
 __all__ = [
     "PRECISION_THRESHOLDS",
@@ -61,7 +63,6 @@ __all__ = [
 PRECISION_THRESHOLDS = np.arange(0, 51, dtype=np.float64)  # 0..50 px
 NORM_PRECISION_THRESHOLDS = np.linspace(0.0, 0.5, 51)  # 0..0.5 of the GT size
 SUCCESS_THRESHOLDS = np.linspace(0.0, 1.0, 21)  # 0, 0.05, ..., 1
-ABSENT_RULES = ("exclude", "miss", "lasher")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -158,11 +159,6 @@ def absent_frames(gt: Any, rule: str = "exclude") -> np.ndarray:
     return absent
 
 
-def _check_rule(rule: str) -> None:
-    if rule not in ABSENT_RULES:
-        raise ValueError(f"absent rule must be one of {ABSENT_RULES}, got {rule!r}")
-
-
 def _threshold_curve(
     errors: np.ndarray, absent: np.ndarray, thresholds: np.ndarray, rule: str, hit_if_absent: bool, compare: np.ufunc
 ) -> np.ndarray:
@@ -217,7 +213,7 @@ def precision_curve(
         >>> precision_curve(pred, gt, [5, 20]).tolist()  # distances 0, 5, 30
         [0.6666666666666666, 0.6666666666666666]
     """
-    _check_rule(absent)
+    check_absent_rule(absent)
     g = _boxes(gt)
     p = prepare_predictions(pred, g) if prepare else _boxes(pred)[: len(g)]
     errors = [center_error(p, g)] + ([center_error(p, _boxes(gt_x))] if gt_x is not None else [])
@@ -235,7 +231,7 @@ def normalized_precision_curve(
     prepare: bool = True,
 ) -> np.ndarray:
     """Normalised precision curve (centre offset / GT size; NPR = value at 0.2); arguments as `precision_curve`."""
-    _check_rule(absent)
+    check_absent_rule(absent)
     g = _boxes(gt)
     p = prepare_predictions(pred, g) if prepare else _boxes(pred)[: len(g)]
     errors = [normalized_center_error(p, g)]
@@ -258,7 +254,7 @@ def success_curve(
     With ``gt_x`` the overlap is the maximum over both ground truths (RGBT234 / GTOT "MSR"). ``absent`` as in
     :func:`precision_curve` (``"lasher"``: absent frames are misses).
     """
-    _check_rule(absent)
+    check_absent_rule(absent)
     g = _boxes(gt)
     p = prepare_predictions(pred, g) if prepare else _boxes(pred)[: len(g)]
     overlaps = [box_iou(p, g)] + ([box_iou(p, _boxes(gt_x))] if gt_x is not None else [])
@@ -377,69 +373,6 @@ def long_term_precision_recall(
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Protocols and the summary
-# ----------------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Protocol:
-    """How a benchmark is scored."""
-
-    name: str = field(metadata={"help": "Protocol name."})
-    absent: str = field(default="exclude", metadata={"help": f"Absent-frame rule, one of {ABSENT_RULES}."})
-    pr_threshold: float = field(default=20.0, metadata={"help": "Centre-error threshold (px) of the reported PR."})
-    npr_threshold: float = field(default=0.2, metadata={"help": "Normalised threshold of the reported NPR."})
-    two_gt: bool = field(default=False, metadata={"help": "Also report MPR/MSR over the two ground truths."})
-    pool_frames: bool = field(
-        default=False, metadata={"help": "Pool frames over sequences (GTOT) instead of averaging sequences."}
-    )
-    auc_rule: str = field(default="mean", metadata={"help": "'mean' or 'trapezoid' success AUC."})
-    long_term: bool = field(default=False, metadata={"help": "Also report DepthTrack/VOT-LT precision/recall/F."})
-    init_from_gt: bool = field(
-        default=True, metadata={"help": "Replace the frame-0 prediction by the ground truth (else score it as written)."}
-    )
-    fix_invalid: bool = field(
-        default=True,
-        metadata={"help": "Give a prediction with w <= 0, h <= 0 or NaN the previous box (else score it as written)."},
-    )
-    strict_precision: bool = field(
-        default=False, metadata={"help": "Pixel precision counts errors < θ (GTOT) instead of <= θ."}
-    )
-
-    def __post_init__(self) -> None:
-        _check_rule(self.absent)
-        if self.auc_rule not in ("mean", "trapezoid"):
-            raise ValueError(f"Protocol.auc_rule must be 'mean' or 'trapezoid', got {self.auc_rule!r}")
-
-
-# Each benchmark's conventions; docs/tracking.md ("Metric conventions per benchmark") gives the source of each.
-PROTOCOLS: dict[str, Protocol] = {
-    "lasher": Protocol("lasher", absent="lasher"),
-    "visevent": Protocol("visevent", absent="lasher"),  # LaSOT-style toolkit: same absent-frame handling
-    # The RGBT234 and GTOT toolkits score every submitted box as written, frame 0 and empty boxes included.
-    "rgbt234": Protocol("rgbt234", absent="miss", two_gt=True, init_from_gt=False, fix_invalid=False),
-    "gtot": Protocol(
-        "gtot",
-        absent="miss",
-        pr_threshold=5.0,
-        two_gt=True,
-        pool_frames=True,
-        auc_rule="trapezoid",
-        init_from_gt=False,
-        fix_invalid=False,
-        strict_precision=True,
-    ),
-    "depthtrack": Protocol("depthtrack", absent="exclude", long_term=True),
-    "default": Protocol("default", absent="exclude"),
-}
-# Benchmark name (Sequence.dataset) -> protocol name, used when evaluate_results gets protocol=None.
-_DATASET_PROTOCOL = {
-    "lasher": "lasher",
-    "visevent": "visevent",
-    "rgbt234": "rgbt234",
-    "gtot": "gtot",
-    "depthtrack": "depthtrack",
-    "vot-rgbd": "depthtrack",
-}
-
-
 def _unpack_result(name: str, result: Any) -> tuple[np.ndarray, np.ndarray | None, float]:
     """Accept ``boxes``, ``(boxes, confidences)`` or ``(boxes, confidences, fps)``."""
     if isinstance(result, np.ndarray):
@@ -475,8 +408,9 @@ def evaluate_results(
     Args:
         sequences: :class:`~srft_peft.tracking.datasets.Sequence` objects (``name``, ``gt``, optional ``gt_x``).
         results: ``{sequence name: boxes}`` or ``{name: (boxes, confidences, fps)}`` (as from ``run_tracker``).
-        protocol: ``"lasher"``, ``"rgbt234"``, ``"gtot"``, ``"depthtrack"``, ``"visevent"``, ``"default"`` or a
-            :class:`Protocol`; ``None`` picks it from ``sequences[0].dataset`` (``"default"`` if unknown).
+        protocol: a name of :data:`PROTOCOLS` or a :class:`Protocol`; ``None`` takes the protocol of the registered
+            dataset ``sequences[0].dataset`` (:data:`~srft_peft.tracking.datasets.DATASETS`; a name that is not
+            registered is a ``ValueError``), or ``"default"`` for sequences of no benchmark (``dataset=""``).
 
     Returns:
         dict with ``PR``, ``NPR``, ``SR`` (fractions), ``MPR``/``MSR`` (two-GT protocols), ``precision``/``recall``/
@@ -492,7 +426,8 @@ def evaluate_results(
     if not sequences:
         raise ValueError("evaluate_results needs at least one sequence")
     if protocol is None:
-        protocol = _DATASET_PROTOCOL.get(getattr(sequences[0], "dataset", ""), "default")
+        dataset = getattr(sequences[0], "dataset", "")
+        protocol = get_dataset(dataset).protocol if dataset else PROTOCOLS["default"]
     if isinstance(protocol, str):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")

@@ -17,25 +17,29 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 from transformers.utils import ModelOutput
 
+from .architectures import TrackerArchitecture, get_architecture
+from .architectures.dual_stream import DualStreamArchitecture  # importing the built-in ones registers them
+from .architectures.prompt import PromptArchitecture, PromptBlock, PromptModule
+from .architectures.rgb import RGBArchitecture
+from .layers import CenterHead, ViTBackbone, decode_center_maps, restore_search
 from .losses import tracking_loss
 
 __all__ = [
     "CenterHead",
+    "DualStreamArchitecture",
     "OSTrackRGBX",
     "ParameterCount",
+    "PromptArchitecture",
     "PromptBlock",
     "PromptModule",
+    "RGBArchitecture",
     "TrackerConfig",
     "TrackerOutput",
     "ViTBackbone",
@@ -49,13 +53,10 @@ VARIANTS: dict[str, dict[str, int]] = {
     "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
 }
 _DEFAULT_HEAD_CHANNELS = {"tiny": 64, "small": 256, "base": 256}
-MODES = ("rgb", "dual_stream", "prompt")
 CE_TEMPLATE_RANGES = ("ctr_point", "all")
 FUSION_INITS = ("copy", "identity")
 # Fields that define tensor shapes: they cannot change when converting an RGB model with `from_rgb`.
 _ARCH_FIELDS = ("variant", "template_size", "search_size", "patch_size", "head_channels")
-
-_norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
 
 def _default_fusion_layers(depth: int, count: int = 4) -> tuple[int, ...]:
@@ -83,8 +84,9 @@ class TrackerConfig:
     mode: str = field(
         default="rgb",
         metadata={
-            "help": "'rgb' (3-channel OSTrack), 'dual_stream' (SRFT authors' two-stream RGB-X model) or "
-            "'prompt' (ViPT-like frozen backbone + trainable prompts)."
+            "help": "The tracker architecture (a key of the architecture registry, srft_peft.tracking.architectures): "
+            "'rgb' (3-channel OSTrack), 'dual_stream' (SRFT authors' two-stream RGB-X model) or 'prompt' (ViPT-like "
+            "frozen backbone + trainable prompts)."
         },
     )
     template_size: int = field(default=128, metadata={"help": "Side of the square template crop, in pixels."})
@@ -136,8 +138,7 @@ class TrackerConfig:
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        get_architecture(self.mode)  # an unknown mode lists the registered ones
         if not isinstance(self.patch_size, int) or self.patch_size <= 0:
             raise ValueError(f"patch_size must be a positive int, got {self.patch_size!r}")
         for name in ("template_size", "search_size"):
@@ -217,9 +218,14 @@ class TrackerConfig:
         return self.search_size // self.patch_size
 
     @property
+    def input_channels(self) -> tuple[int, ...]:
+        """The channel counts of the crops the architecture accepts: (3, 6) for 'rgb' (first 3 used), (6,) for RGB-X."""
+        return get_architecture(self.mode).input_channels
+
+    @property
     def in_chans(self) -> int:
-        """Channels the model reads: 3 for 'rgb' (6 accepted, first 3 used), 6 (RGB + X) otherwise."""
-        return 3 if self.mode == "rgb" else 6
+        """Channels the model is built for: 3 for 'rgb' (6 accepted, first 3 used), 6 (RGB + X) for RGB-X."""
+        return self.input_channels[0]
 
     @property
     def loss_weights(self) -> dict[str, float]:
@@ -300,229 +306,22 @@ class ParameterCount(NamedTuple):
         )
 
 
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-def _make_block(cfg: TrackerConfig, drop_path: float) -> Block:
-    return Block(
-        dim=cfg.embed_dim,
-        num_heads=cfg.num_heads,
-        mlp_ratio=4.0,
-        qkv_bias=True,
-        drop_path=drop_path,
-        norm_layer=_norm_layer,
-    )
-
-
-def _drop_path_rates(cfg: TrackerConfig) -> list[float]:
-    n = cfg.depth
-    return [float(cfg.drop_path) * i / max(n - 1, 1) for i in range(n)]
-
-
-class ViTBackbone(nn.Module):
-    """Timm-named ViT trunk: ``patch_embed.proj``, ``pos_embed_z``, ``pos_embed_x``, ``blocks.N.*``, ``norm``.
-
-    :meth:`embed` returns the joint token sequence [z; x] (template tokens first) with positional embeddings added.
-    """
-
-    def __init__(self, cfg: TrackerConfig, in_chans: int = 3) -> None:
-        super().__init__()
-        d = cfg.embed_dim
-        self.patch_embed = PatchEmbed(
-            img_size=None, patch_size=cfg.patch_size, in_chans=in_chans, embed_dim=d, strict_img_size=False
-        )
-        self.pos_embed_z = nn.Parameter(torch.zeros(1, cfg.template_feat_size**2, d))
-        self.pos_embed_x = nn.Parameter(torch.zeros(1, cfg.search_feat_size**2, d))
-        self.blocks = nn.Sequential(*[_make_block(cfg, r) for r in _drop_path_rates(cfg)])
-        self.norm = _norm_layer(d)
-        nn.init.trunc_normal_(self.pos_embed_z, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed_x, std=0.02)
-        self.blocks.apply(_init_weights)
-
-    def embed(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        z = self.patch_embed(z) + self.pos_embed_z
-        x = self.patch_embed(x) + self.pos_embed_x
-        return torch.cat([z, x], dim=1)
-
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.blocks(self.embed(z, x)))
-
-
-def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class CenterHead(nn.Module):
-    """OSTrack "CENTER" head: three branches of 4 conv-BN-ReLU (C -> c -> c/2 -> c/4 -> c/8) and a 1x1 conv.
-
-    Returns ``(score_map (B,1,Fs,Fs) in [1e-4, 1-1e-4], size_map (B,2,Fs,Fs) in (0,1), offset_map (B,2,Fs,Fs))``;
-    channel 0 of size/offset is x (width), channel 1 is y (height).
-    """
-
-    branches = (("ctr", 1), ("size", 2), ("offset", 2))
-
-    def __init__(self, in_dim: int, channels: int) -> None:
-        super().__init__()
-        widths = [in_dim, channels, channels // 2, channels // 4, channels // 8]
-        for name, out_ch in self.branches:
-            for i in range(4):
-                self.add_module(f"conv{i + 1}_{name}", _conv_bn_relu(widths[i], widths[i + 1]))
-            self.add_module(f"conv5_{name}", nn.Conv2d(widths[4], out_ch, 1))
-
-    def _branch(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        for i in range(1, 6):
-            x = getattr(self, f"conv{i}_{name}")(x)
-        return x
-
-    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        score = torch.sigmoid(self._branch("ctr", feat)).clamp(1e-4, 1 - 1e-4)
-        size = torch.sigmoid(self._branch("size", feat))
-        offset = self._branch("offset", feat)
-        return score, size, offset
-
-
-def decode_center_maps(score_map: torch.Tensor, size_map: torch.Tensor, offset_map: torch.Tensor) -> torch.Tensor:
-    """Boxes (B, 4) normalized cx, cy, w, h from the argmax of ``score_map``.
-
-    centre = (index + offset) / Fs, size = size_map at that index.
-
-    Example:
-        >>> s = torch.zeros(1, 1, 4, 4); s[0, 0, 1, 3] = 1
-        >>> decode_center_maps(s, torch.full((1, 2, 4, 4), 0.25), torch.full((1, 2, 4, 4), 0.5)).tolist()
-        [[0.875, 0.375, 0.25, 0.25]]
-    """
-    b, _, h, w = score_map.shape
-    idx = score_map.flatten(1).argmax(dim=1)  # (B,)
-    iy = torch.div(idx, w, rounding_mode="floor")
-    ix = idx - iy * w
-    gather_idx = idx.view(b, 1, 1).expand(b, 2, 1)
-    size = size_map.flatten(2).gather(2, gather_idx).squeeze(2)
-    offset = offset_map.flatten(2).gather(2, gather_idx).squeeze(2)
-    cx = (ix.to(offset.dtype) + offset[:, 0]) / w
-    cy = (iy.to(offset.dtype) + offset[:, 1]) / h
-    return torch.stack([cx, cy, size[:, 0], size[:, 1]], dim=1)
-
-
-def _attention_residual(block: Block, x: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """First half of a timm ``Block``: ``x + attention branch``, and the attention that query tokens ``rows`` pay
-    to every token, averaged over those rows and the heads (B, N).
-
-    The block output uses the fused kernel; only the few query rows CE reads are recomputed explicitly.
-    """
-    attn = block.attn
-    if getattr(attn, "gate", None) is not None:
-        raise ValueError("candidate elimination does not support gated attention blocks")
-    b, n, _ = x.shape
-    h = block.norm1(x)
-    q, k, v = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    dropout = attn.attn_drop.p if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-    out = out.transpose(1, 2).reshape(b, n, -1)
-    if getattr(attn, "norm", None) is not None:  # timm >= 1.0 (identity unless the block uses it)
-        out = attn.norm(out)
-    out = attn.proj_drop(attn.proj(out))
-    weights = torch.softmax((q[:, :, rows] * attn.scale) @ k.transpose(-2, -1), dim=-1)  # (B, H, rows, N)
-    return x + block.drop_path1(block.ls1(out)), weights.mean(dim=(1, 2))
-
-
-def _mlp_residual(block: Block, x: torch.Tensor) -> torch.Tensor:
-    """Second half of a timm ``Block``: ``x + MLP branch``."""
-    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-
-
-def _eliminate(
-    tensors: list[torch.Tensor], score: torch.Tensor, kept: torch.Tensor, n_z: int, ratio: float
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Keep the ``ceil(ratio * Ns)`` search tokens with the highest ``score`` (B, Ns) in every tensor of ``tensors``
-    (B, Nz + Ns, D); ``kept`` (B, Ns) holds their original search indices and is gathered alike."""
-    n_s = score.shape[1]
-    n_keep = math.ceil(ratio * n_s)
-    if n_keep >= n_s:
-        return tensors, kept
-    top = score.topk(n_keep, dim=1).indices  # most attended first, as OSTrack orders them
-    out = []
-    for t in tensors:
-        idx = top.unsqueeze(-1).expand(-1, -1, t.shape[-1])
-        out.append(torch.cat([t[:, :n_z], t[:, n_z:].gather(1, idx)], dim=1))
-    return out, kept.gather(1, top)
-
-
-def _restore_search(tokens: torch.Tensor, kept: torch.Tensor | None, n_s: int) -> torch.Tensor:
-    """Joint tokens (B, Nz + k, D) -> (B, Nz + Ns, D): kept search tokens back at their original indices,
-    eliminated ones zero (after the final norm, as in OSTrack)."""
-    if kept is None or kept.shape[1] == n_s:
-        return tokens
-    n_z = tokens.shape[1] - kept.shape[1]
-    search = tokens.new_zeros(tokens.shape[0], n_s, tokens.shape[2])
-    search = search.scatter(1, kept.unsqueeze(-1).expand(-1, -1, tokens.shape[2]), tokens[:, n_z:])
-    return torch.cat([tokens[:, :n_z], search], dim=1)
-
-
-class PromptBlock(nn.Module):
-    """Low-rank prompt: ``up(GELU(down_rgb(LN(t)) + down_x(LN(p))))``, added to the RGB tokens ``t``.
-
-    ``up`` starts at zero, so a freshly built prompt model computes exactly the RGB model's output.
-    """
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.norm_rgb = _norm_layer(dim)
-        self.norm_x = _norm_layer(dim)
-        self.down_rgb = nn.Linear(dim, hidden)
-        self.down_x = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.up = nn.Linear(hidden, dim)
-        self.apply(_init_weights)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, tokens: torch.Tensor, x_tokens: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down_rgb(self.norm_rgb(tokens)) + self.down_x(self.norm_x(x_tokens))))
-
-
-class PromptModule(nn.Module):
-    """Trainable part of prompt mode: X patch embedding (``prompt.patch_embed``) + ``prompt.blocks.<layer>``."""
-
-    def __init__(self, cfg: TrackerConfig) -> None:
-        super().__init__()
-        self.patch_embed = PatchEmbed(
-            img_size=None, patch_size=cfg.patch_size, in_chans=3, embed_dim=cfg.embed_dim, strict_img_size=False
-        )
-        self.blocks = nn.ModuleDict({str(i): PromptBlock(cfg.embed_dim, cfg.prompt_dim) for i in cfg.prompt_layers})
-
-
 class OSTrackRGBX(nn.Module):
     """OSTrack-style one-stream tracker with RGB, dual-stream and prompt modes.
 
     Inputs are ImageNet-normalized crops: ``template`` (B, C, template_size, template_size), ``search``
     (B, C, search_size, search_size) with C = 3 (rgb; 6 accepted, first 3 used) or 6 (RGB then X).
 
-    Modes and parameter names:
+    Modes (the registered architectures of :mod:`srft_peft.tracking.architectures`; each module documents its
+    parameter names and wiring):
 
     * ``rgb``: ``backbone.*`` (timm ViT names, ``pos_embed_z``/``pos_embed_x``) on tokens [z; x], then
       ``backbone.norm`` and ``box_head.*`` (CENTER head) on the search tokens.
-    * ``dual_stream`` (SRFT authors' design): RGB stream ``backbone.*`` on ``[:, :3]``, X stream ``backbone_x.*``
-      (own patch embedding, positional embeddings, blocks and norm) on ``[:, 3:]``. Wiring, for block i = 0..depth-1::
-
-          t_rgb = backbone.blocks[i](t_rgb);  t_x = backbone_x.blocks[i](t_x)
-          if i in fusion_layers:
-              t_rgb, t_x = split(fusion[str(i)](cat([t_rgb, t_x], dim=1)))   # joint attention over both streams
-
-      output = (backbone.norm(t_rgb) + backbone_x.norm(t_x)) / 2 -> box_head. ``fusion.<i>`` starts as a copy of
-      pretrained block i (so fusion after block i initially re-applies block i), or, with ``fusion_init="identity"``,
-      as that copy with its two residual-branch output projections zeroed (the identity). ``box_head`` is frozen;
-      everything else trains.
-    * ``prompt`` (ViPT-like PEFT baseline): frozen ``backbone``/``box_head``; ``prompt.patch_embed`` embeds X (plus
-      the frozen positional embeddings) into tokens p; before each block i in ``prompt_layers``,
-      ``t = t + prompt.blocks[str(i)](t, p)``. Only ``prompt.*`` trains.
+    * ``dual_stream`` (SRFT authors' design): RGB stream ``backbone.*`` on ``[:, :3]``, X stream ``backbone_x.*`` on
+      ``[:, 3:]``, fusion blocks ``fusion.<i>`` on the concatenated tokens after block i of ``fusion_layers``,
+      output (norm_rgb + norm_x) / 2; ``box_head`` frozen.
+    * ``prompt`` (ViPT-like PEFT baseline): frozen ``backbone``/``box_head``; ``prompt.*`` (an X patch embedding and
+      prompt blocks added to the RGB tokens) trains.
 
     Candidate elimination (``config.ce_locations``, OSTrack's CE models): inside each listed block, between its
     attention and its MLP, only the ``ceil(ratio * remaining)`` search tokens that the template centre token attends to
@@ -539,16 +338,16 @@ class OSTrackRGBX(nn.Module):
         self.config = config
         self.backbone = ViTBackbone(config)
         self.box_head = CenterHead(config.embed_dim, config.head_channels)
-        if config.mode == "dual_stream":
-            self.backbone_x = ViTBackbone(config)
-            rates = _drop_path_rates(config)
-            self.fusion = nn.ModuleDict({str(i): _make_block(config, rates[i]) for i in config.fusion_layers})
-            self.fusion.apply(_init_weights)
-            self.box_head.requires_grad_(False)
-        elif config.mode == "prompt":
-            self.prompt = PromptModule(config)
-            self.backbone.requires_grad_(False)
-            self.box_head.requires_grad_(False)
+        arch = self.architecture
+        arch.build(self)
+        roles = arch.parameter_roles(self)
+        for name, p in self.named_parameters():
+            p.requires_grad_(roles[name] in arch.trained_roles)
+
+    @property
+    def architecture(self) -> TrackerArchitecture:
+        """The registered architecture of ``config.mode`` (parameter roles, input channels, wiring)."""
+        return get_architecture(self.config.mode)
 
     # --- construction ---------------------------------------------------------------------------------------------
     @classmethod
@@ -592,20 +391,9 @@ class OSTrackRGBX(nn.Module):
         def sub(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
-        backbone_sd = sub("backbone.")
-        self.backbone.load_state_dict(backbone_sd)
+        self.backbone.load_state_dict(sub("backbone."))
         self.box_head.load_state_dict(sub("box_head."))
-        if self.config.mode == "dual_stream":
-            self.backbone_x.load_state_dict(backbone_sd)
-            for i in self.config.fusion_layers:
-                block = self.fusion[str(i)]
-                block.load_state_dict(sub(f"backbone.blocks.{i}."))
-                if fusion_init == "identity":
-                    for out_proj in (block.attn.proj, block.mlp.fc2):  # both residual branches output zero
-                        out_proj.weight.zero_()
-                        out_proj.bias.zero_()
-        elif self.config.mode == "prompt":
-            self.prompt.patch_embed.load_state_dict(sub("backbone.patch_embed."))
+        self.architecture.init_from_rgb(self, sub, fusion_init)
 
     # --- helpers ----------------------------------------------------------------------------------------------------
     def count_parameters(self) -> ParameterCount:
@@ -630,7 +418,7 @@ class OSTrackRGBX(nn.Module):
 
     def _check_inputs(self, template: torch.Tensor, search: torch.Tensor) -> None:
         cfg = self.config
-        allowed = (3, 6) if cfg.mode == "rgb" else (6,)
+        allowed = self.architecture.input_channels
         for name, t, side in (("template", template, cfg.template_size), ("search", search, cfg.search_size)):
             if t.ndim != 4 or t.shape[1] not in allowed or t.shape[2] != side or t.shape[3] != side:
                 raise ValueError(
@@ -640,73 +428,18 @@ class OSTrackRGBX(nn.Module):
         if template.shape[0] != search.shape[0]:
             raise ValueError(f"template and search batch sizes differ: {template.shape[0]} vs {search.shape[0]}")
 
-    def _ce_rows(self) -> slice:
-        """Template token rows whose attention ranks the search tokens (see ``ce_template_range``)."""
-        cfg = self.config
-        f = cfg.template_feat_size
-        if cfg.ce_template_range == "all":
-            return slice(0, f * f)
-        centre = (f - 1) // 2 * (f + 1)  # row and column (f - 1) // 2
-        return slice(centre, centre + 1)
-
-    def _apply_block(
-        self,
-        i: int,
-        blocks: list[Block],
-        streams: list[torch.Tensor],
-        kept: torch.Tensor | None,
-        carried: list[torch.Tensor],
-    ) -> tuple[list[torch.Tensor], torch.Tensor | None, list[torch.Tensor]]:
-        """Block ``i`` of every stream; at a CE block, the search tokens that the template centre attends to least
-        (attention averaged over the streams) are dropped from every stream and from ``carried`` token tensors."""
-        cfg = self.config
-        if kept is None or i not in cfg.ce_locations:
-            return [blk(t) for blk, t in zip(blocks, streams)], kept, carried
-        rows = self._ce_rows()
-        n_z = cfg.template_feat_size**2
-        halves = [_attention_residual(blk, t, rows) for blk, t in zip(blocks, streams)]
-        score = torch.stack([w[:, n_z:] for _, w in halves]).mean(dim=0)
-        ratio = cfg.ce_keep_ratio[cfg.ce_locations.index(i)]
-        tensors, kept = _eliminate([t for t, _ in halves] + carried, score, kept, n_z, ratio)
-        n = len(streams)
-        return [_mlp_residual(blk, t) for blk, t in zip(blocks, tensors[:n])], kept, tensors[n:]
-
     def forward_features(self, template: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
         """Normalized joint tokens (B, Nz + Nx, D); template tokens first.
 
         With candidate elimination (``config.ce_locations``) the eliminated search tokens are zero.
         """
         self._check_inputs(template, search)
-        cfg = self.config
-        bb = self.backbone
-        n_s = cfg.search_feat_size**2
+        n_s = self.config.search_feat_size**2
         kept = None
-        if cfg.ce_locations:
+        if self.config.ce_locations:
             kept = torch.arange(n_s, device=search.device).expand(search.shape[0], n_s)
-        tokens = bb.embed(template[:, :3], search[:, :3])
-        if cfg.mode == "rgb":
-            for i, blk in enumerate(bb.blocks):
-                (tokens,), kept, _ = self._apply_block(i, [blk], [tokens], kept, [])
-            return _restore_search(bb.norm(tokens), kept, n_s)
-        if cfg.mode == "dual_stream":
-            t_x = self.backbone_x.embed(template[:, 3:], search[:, 3:])
-            for i, (blk_rgb, blk_x) in enumerate(zip(bb.blocks, self.backbone_x.blocks)):
-                (tokens, t_x), kept, _ = self._apply_block(i, [blk_rgb, blk_x], [tokens, t_x], kept, [])
-                key = str(i)
-                if key in self.fusion:
-                    n = tokens.shape[1]
-                    joint = self.fusion[key](torch.cat([tokens, t_x], dim=1))
-                    tokens, t_x = joint[:, :n], joint[:, n:]
-            return _restore_search((bb.norm(tokens) + self.backbone_x.norm(t_x)) / 2, kept, n_s)
-        # prompt: the X tokens p follow the RGB tokens through elimination
-        pe = self.prompt.patch_embed
-        x_tokens = torch.cat([pe(template[:, 3:]) + bb.pos_embed_z, pe(search[:, 3:]) + bb.pos_embed_x], dim=1)
-        for i, blk in enumerate(bb.blocks):
-            key = str(i)
-            if key in self.prompt.blocks:
-                tokens = tokens + self.prompt.blocks[key](tokens, x_tokens)
-            (tokens,), kept, (x_tokens,) = self._apply_block(i, [blk], [tokens], kept, [x_tokens])
-        return _restore_search(bb.norm(tokens), kept, n_s)
+        tokens, kept = self.architecture.features(self, template, search, kept)
+        return restore_search(tokens, kept, n_s)
 
     def forward(
         self,

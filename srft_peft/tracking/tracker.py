@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .crops import _as_box, box_from_window, clip_box, crop_tensor
+from .crops import as_box, box_from_window, clip_box, crop_tensor
 from .model import decode_center_maps
 
 __all__ = ["Tracker", "hann2d"]
@@ -42,8 +42,8 @@ class Tracker:
     (:class:`~srft_peft.tracking.sampling.TrackingPairDataset`) use: same sub-pixel window, resampling and normalisation.
 
     Args:
-        model: an ``OSTrackRGBX`` (or any module with ``config.template_size``/``search_size``/``mode`` returning
-            ``score_map``, ``size_map``, ``offset_map``).
+        model: an ``OSTrackRGBX`` (or any module with ``config.template_size``/``search_size`` (and optionally
+            ``input_channels``, default (3, 6)) returning ``score_map``, ``size_map``, ``offset_map``).
         template_factor / search_factor: crop side / sqrt(box area) for template and search crops.
         window: multiply the score map by a Hann window before decoding.
         device: where the model runs (the model is moved there and put in eval mode).
@@ -69,7 +69,7 @@ class Tracker:
         cfg = model.config
         self.template_size = int(cfg.template_size)
         self.search_size = int(cfg.search_size)
-        self.in_chans = (3, 6) if getattr(cfg, "mode", "rgb") == "rgb" else (6,)
+        self.in_chans = tuple(getattr(cfg, "input_channels", (3, 6)))
         self.template_factor = float(template_factor)
         self.search_factor = float(search_factor)
         self.use_window = bool(window)
@@ -87,7 +87,7 @@ class Tracker:
     def initialize(self, image: np.ndarray, box_xywh: Sequence[float] | np.ndarray) -> None:
         """Crop and store the template around the first-frame box (x, y, w, h, pixels)."""
         self._check_image(image)
-        box = _as_box(box_xywh)
+        box = as_box(box_xywh)
         crop, _ = crop_tensor(image, box, self.template_factor, self.template_size)
         self.template = crop.unsqueeze(0).to(self.device)
         self.state = box
@@ -127,7 +127,7 @@ class Tracker:
         for i, frame in enumerate(frames):
             if i == 0:
                 self.initialize(frame, init_box_xywh)
-                boxes.append(_as_box(init_box_xywh))
+                boxes.append(as_box(init_box_xywh))
                 scores.append(1.0)
             else:
                 box, conf = self.track(frame)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import SRFTConfig
+from ..datasets import demo_datasets
 from ..model import FUSION_INITS, PRESETS
 from .methods import METHODS, PRIOR_SCOPES, SRFT_METHODS, method_srft_config
 
@@ -38,7 +39,8 @@ __all__ = ["CLIP_ORDERS", "DEFAULT_LR", "MODALITY_DATASETS", "FinetuneConfig", "
 
 DEFAULT_LR = {"prompt": 1e-3, "lora": 1e-3}  # PEFT methods train few, freshly initialised weights
 DEFAULT_FULL_LR = 2e-4
-MODALITY_DATASETS = {"rgbt": "lasher", "rgbd": "depthtrack", "rgbe": "visevent"}
+#: RGB-X modality -> the dataset a fine-tune of that modality uses by default (the ``demo`` records of DATASETS).
+MODALITY_DATASETS = {m: name for m, name in demo_datasets().items() if m != "rgb"}
 CLIP_ORDERS = ("total", "task")
 TINY_SIZES = (32, 64)  # template / search crop of the CPU demo tracker (4 + 16 tokens at patch 16)
 OSTRACK_JITTER = (3.0, 0.25)  # OSTrack's search-region centre / scale jitter

@@ -63,7 +63,7 @@ def evaluate_tracker(model: OSTrackRGBX, seqs: list[Sequence], results_dir: Path
     ``rgb_input``): the :func:`~srft_peft.tracking.evaluate_results` summary, ``per_sequence`` scores included.
     Leaves ``model`` in eval mode."""
     tracker: Any = Tracker(model, device=device)
-    if rgb_input and model.config.mode != "rgb":
+    if rgb_input and 3 not in model.config.input_channels:  # an RGB-X architecture reads [rgb, rgb]
         tracker = RepeatRGB(tracker)
     results = run_tracker(tracker, seqs, results_dir=results_dir, progress=progress, rgb_only=rgb_input)
     return evaluate_results(seqs, results)

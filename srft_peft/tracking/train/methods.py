@@ -30,8 +30,8 @@ from ...model import SRFTModel
 from ...significance.prior import DiagonalSignificance, PriorSignificance
 from ..model import OSTrackRGBX
 
-__all__ = ["LORA_TARGETS", "METHODS", "PRIOR_SCOPES", "SRFT_METHODS", "SRFT_PRESETS", "build_finetune_model",
-           "method_srft_config", "prior_scope_fields", "tracker_of", "uniform_prior"]
+__all__ = ["LORA_TARGETS", "METHODS", "METHOD_ARCHITECTURES", "PRIOR_SCOPES", "SRFT_METHODS", "SRFT_PRESETS",
+           "build_finetune_model", "method_srft_config", "prior_scope_fields", "tracker_of", "uniform_prior"]
 
 METHODS = ("srft", "srft-prior-only", "srft-transfer-only", "ewc", "l2sp", "full", "prompt", "lora")
 SRFT_METHODS = ("srft", "srft-prior-only", "srft-transfer-only", "ewc", "l2sp")
@@ -43,6 +43,8 @@ SRFT_PRESETS: dict[str, dict[str, Any]] = {
     "ewc": {"prior_estimator": "diagonal", "kappa_shape": "constant", "lambda_transfer": 0.0},
     "l2sp": {"prior_estimator": "diagonal", "kappa_shape": "constant", "lambda_transfer": 0.0},
 }
+#: The tracker architecture (``TrackerConfig.mode``) of the methods that do not fine-tune the dual-stream model.
+METHOD_ARCHITECTURES = {"prompt": "prompt"}
 LORA_TARGETS = r".*\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 #: What SRFT (and EWC / L2-SP) covers in a dual-stream tracker; see :func:`prior_scope_fields`.
 PRIOR_SCOPES = ("all", "pretrained", "rgb-stream")
@@ -50,16 +52,19 @@ PRIOR_SCOPES = ("all", "pretrained", "rgb-stream")
 
 def prior_scope_fields(model: OSTrackRGBX, scope: str, fusion_init: str) -> dict[str, Any]:
     """The ``SRFTConfig`` targeting fields (parameter names of ``model``) that restrict the regularized parameters of a
-    dual-stream ``model``.
+    ``model`` with an X stream, read from its architecture's parameter roles
+    (:meth:`~srft_peft.tracking.architectures.TrackerArchitecture.parameter_roles`).
 
     * ``"all"``: every trainable parameter outside the head (the SRFTConfig default; nothing added).
     * ``"pretrained"``: leave out the weights whose pretrained value has no RGB-tracking meaning for the fine-tune:
-      the X-stream patch embedding ``backbone_x.patch_embed`` (it embeds X images, so a significance calibrated on
-      RGB input says nothing about it) and, with ``fusion_init="identity"``, the fusion blocks' ``attn.proj`` /
-      ``mlp.fc2`` (zeroed at step 0: they start as "no fusion", not as an RGB function).
-    * ``"rgb-stream"``: only the RGB stream ``backbone.*`` (X stream and fusion blocks train freely).
+      the X patch embedding (role ``x_patch_embed``, ``backbone_x.patch_embed`` in a dual-stream tracker: it embeds
+      X images, so a significance calibrated on RGB input says nothing about it) and the parameters the architecture
+      zeroes under ``fusion_init`` (dual-stream, ``fusion_init="identity"``: the fusion blocks' ``attn.proj`` /
+      ``mlp.fc2``, which start as "no fusion", not as an RGB function).
+    * ``"rgb-stream"``: only the RGB stream (roles ``patch_embed`` and ``backbone``, ``backbone.*``); the X stream and
+      the fusion blocks train freely.
 
-    Other modes (``prompt``) have no X stream or fusion blocks: only ``"all"`` applies to them.
+    Architectures without an X stream (``rgb``, ``prompt``) have nothing to tell apart: only ``"all"`` applies.
 
     Example:
         >>> from srft_peft.tracking import OSTrackRGBX, TrackerConfig
@@ -72,14 +77,13 @@ def prior_scope_fields(model: OSTrackRGBX, scope: str, fusion_init: str) -> dict
         raise ValueError(f"prior_scope must be one of {list(PRIOR_SCOPES)}, got {scope!r}")
     if scope == "all":
         return {}
-    if model.config.mode != "dual_stream":
+    arch = model.architecture
+    if not arch.has_x_stream:
         raise ValueError(f"prior_scope={scope!r} needs a dual-stream tracker, got mode={model.config.mode!r}")
     if scope == "rgb-stream":
-        return {"target_modules": r"backbone\..*"}
-    prefixes = ["backbone_x.patch_embed."]
-    if fusion_init == "identity":
-        prefixes += [f"fusion.{i}.{name}." for i in model.config.fusion_layers for name in ("attn.proj", "mlp.fc2")]
-    return {"exclude_modules": [n for n, _ in model.named_parameters() if n.startswith(tuple(prefixes))]}
+        return {"target_modules": arch.names_with_roles(model, ("patch_embed", "backbone"))}
+    out = set(arch.names_with_roles(model, ("x_patch_embed",))) | set(arch.zero_initialized(model, fusion_init))
+    return {"exclude_modules": [n for n, _ in model.named_parameters() if n in out]}
 
 
 def method_srft_config(method: str, total_steps: int, overrides: dict[str, Any] | None = None) -> SRFTConfig | None:
@@ -112,15 +116,14 @@ def build_finetune_model(
 ) -> nn.Module:
     """The trainable model of ``method`` built from an RGB tracker (a new model; ``rgb_model`` is not changed).
 
-    ``prompt``: ``OSTrackRGBX.from_rgb(rgb, "prompt")``; ``lora``: peft ``get_peft_model`` on the dual-stream model
-    with :data:`LORA_TARGETS`; every other method: ``OSTrackRGBX.from_rgb(rgb, "dual_stream", fusion_init)`` (SRFT is
-    wrapped around it by :func:`finetune_rgbx`).
+    The architecture is :data:`METHOD_ARCHITECTURES` of the method (``dual_stream`` unless listed); what trains is
+    what that architecture trains (its ``trained_roles``). ``prompt``: ``OSTrackRGBX.from_rgb(rgb, "prompt")``;
+    ``lora``: peft ``get_peft_model`` on the dual-stream model with :data:`LORA_TARGETS`; every other method:
+    ``OSTrackRGBX.from_rgb(rgb, "dual_stream", fusion_init)`` (SRFT is wrapped around it by :func:`finetune_rgbx`).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if method == "prompt":
-        return OSTrackRGBX.from_rgb(rgb_model, "prompt")
-    model = OSTrackRGBX.from_rgb(rgb_model, "dual_stream", fusion_init=fusion_init)
+    model = OSTrackRGBX.from_rgb(rgb_model, METHOD_ARCHITECTURES.get(method, "dual_stream"), fusion_init=fusion_init)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 

@@ -11,15 +11,15 @@ import time
 import numpy as np
 import pytest
 
-from srft_peft.tracking import (
+from benchmarks.compare import (
     bootstrap_means,
     compare_methods,
     decide_claim,
-    evaluate_results,
     format_comparison_table,
     paired_difference,
     summarize,
 )
+from srft_peft.tracking import evaluate_results
 from srft_peft.tracking.datasets import Sequence
 
 

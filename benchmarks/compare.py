@@ -14,7 +14,7 @@ is the percentile interval of these means.
 Why not resample the cells? A sequence's difficulty moves all seeds together (an easy sequence is easy for every
 seed), so the ``S`` cells of one sequence are not independent draws: the mean's variance has a term
 ``var(sequence effect) / Q`` that cell resampling estimates as about ``var / (S * Q)``, ``S`` times too small, and
-its intervals are too narrow (they cover the truth far less often than stated; ``tests/tracking/test_compare.py``
+its intervals are too narrow (they cover the truth far less often than stated; ``tests/examples/test_compare.py``
 shows it). Resampling whole sequences (and whole seeds, for the effects a seed shares over sequences) keeps that
 structure. The two-way bootstrap errs slightly on the wide side (the seed × sequence noise enters both margins);
 with few seeds (3) the seed part of the interval is itself rough, which is a reason to report the SD over seeds
