@@ -12,10 +12,11 @@ random images, with the label-free objective 1/2 ||f(x)||^2 that ``estimate_prio
     eig ms       the part of ``prior`` spent in ``KFACSignificance.from_factors`` (the kept eigenpairs of A and S, with
                  ``--eigen-solver``; it does not depend on N)
     eigh ms      with ``--compare-eigh``: the same ``from_factors`` calls with the full float64 ``eigh``
-    x plain      prior / plain, the end-to-end ratio (target <= 1.3 at N = 8, <= 2 at N = 2); ``collect x`` =
+    x plain      prior / plain, the end-to-end ratio of the medians (target <= 1.3 at N = 8, <= 2 at N = 2); ``x range``
+                 the smallest and largest ratio of one repeat's estimation to its own plain passes; ``collect x`` =
                  (prior - eig) / plain, the calibration passes alone
     eig share    eig / prior
-    factors MB   bytes of all A and S factors (``--factor-dtype``, float64 by default) and their multiple of the weights'
+    factors MB   bytes of all A and S factors (``--factor-dtype``, the library's default) and their multiple of the weights'
     kept MB      bytes of the kept significance (U, V, omega per matrix, Fisher per other tensor, float32)
     stride       ``factor_token_stride`` (``--token-strides``): factors accumulated over every k-th token
     overlap      for stride > 1: mean over matrices of ||U_1^T U_k||_F^2 / k for both factors, against stride 1's
@@ -27,9 +28,9 @@ count.
 
     # width sweep (embed 192/384/768, depth 2) and N sweep (embed 384), 224 px, batch 8, one thread
     OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1
-    # the issue's target: a 12-block width-768 ViT (ViT-B) at N = 2 and N = 8
-    OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1 --widths --depth 12 --n-sweep-width 768 --ns 2 8 \
-        --repeats 1
+    # the issue's target: ViT-B (12 blocks, width 768) at N = 8, three alternating repeats; the K-FAC factors' bytes in
+    # float32 and float64 are printed under each row
+    OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1 --vit-b --repeats 3
     # quick validation
     OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1 --img-size 64 --widths 192 384 --ns 1 2 --repeats 1
     # GPU
