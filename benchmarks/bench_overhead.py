@@ -23,6 +23,7 @@ Per configuration the table shows:
     step ms      median wall time of forward + backward + optimizer.step (+ hooks) + zero_grad
     x plain      its ratio to the plain median
     x paired     1 + (reg ms/pair) / (plain median): the same ratio from paired differences, steadier under load
+    x range      the smallest and largest per-round ratio (this step / the plain step of the same round): the spread
     reg ms/hook  median time spent in the optimizer-step hooks (timed directly with perf_counter by hooks registered
                  before and after the configuration's own; device-synchronized on CUDA): the per-step regularizer work
                  of srft-grad* and authors-step. Loss-mode work happens inside forward/backward and shows here as 0.
@@ -420,7 +421,7 @@ def main() -> None:
           f"warm-up, prior_rank {args.rank} ({args.prior} prior), regularized params {reg_params / 1e6:.1f} M")
     plain = runs["plain"]
     plain_med = statistics.median(plain.times)
-    head = (f"{'config':<20}{'step ms':>10}{'x plain':>9}{'x paired':>10}{'reg ms/hook':>13}{'hook mean':>11}"
+    head = (f"{'config':<20}{'step ms':>10}{'x plain':>9}{'x paired':>10}{'x range':>12}{'reg ms/hook':>13}{'hook mean':>11}"
             f"{'reg ms/pair':>13}{'extra mem':>11}{'peak delta MB':>15}  breakdown (x reg. params)")
     print(head)
     results = {}
@@ -428,12 +429,15 @@ def main() -> None:
         med = statistics.median(run.times)
         hook = statistics.median(run.hook_times)
         pair = statistics.median([a - b for a, b in zip(run.times, plain.times)])
+        per_round = [a / b for a, b in zip(run.times, plain.times)]
+        spread = f"{min(per_round):.3f}-{max(per_round):.3f}"
         extra, parts = run.extra_memory()
         peak = f"{(peaks[name] - peaks['plain']) / 2**20:.0f}" if peaks else "-"
         extra_s = f"{extra:.2f}" if extra is not None else "-"
         results[name] = dict(step=med, hook=hook, pair=pair, extra=extra, plain=plain_med)
         mean = statistics.fmean(run.hook_times)
-        print(f"{name:<20}{1000 * med:>10.1f}{med / plain_med:>9.3f}{1 + pair / plain_med:>10.3f}{1000 * hook:>13.1f}"
+        print(f"{name:<20}{1000 * med:>10.1f}{med / plain_med:>9.3f}{1 + pair / plain_med:>10.3f}{spread:>12}"
+              f"{1000 * hook:>13.1f}"
               f"{1000 * mean:>11.1f}{1000 * pair:>13.1f}{extra_s:>11}{peak:>15}  {parts}")
     report_targets(results)
     if args.profile:

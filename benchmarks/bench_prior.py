@@ -12,10 +12,11 @@ random images, with the label-free objective 1/2 ||f(x)||^2 that ``estimate_prio
     eig ms       the part of ``prior`` spent in ``KFACSignificance.from_factors`` (the kept eigenpairs of A and S, with
                  ``--eigen-solver``; it does not depend on N)
     eigh ms      with ``--compare-eigh``: the same ``from_factors`` calls with the full float64 ``eigh``
-    x plain      prior / plain, the end-to-end ratio (target <= 1.3 at N = 8, <= 2 at N = 2); ``collect x`` =
+    x plain      prior / plain, the end-to-end ratio of the medians (target <= 1.3 at N = 8, <= 2 at N = 2); ``x range``
+                 the smallest and largest ratio of one repeat's estimation to its own plain passes; ``collect x`` =
                  (prior - eig) / plain, the calibration passes alone
     eig share    eig / prior
-    factors MB   bytes of all A and S factors (``--factor-dtype``, float64 by default) and their multiple of the weights'
+    factors MB   bytes of all A and S factors (``--factor-dtype``, the library's default) and their multiple of the weights'
     kept MB      bytes of the kept significance (U, V, omega per matrix, Fisher per other tensor, float32)
     stride       ``factor_token_stride`` (``--token-strides``): factors accumulated over every k-th token
     overlap      for stride > 1: mean over matrices of ||U_1^T U_k||_F^2 / k for both factors, against stride 1's
@@ -27,9 +28,9 @@ count.
 
     # width sweep (embed 192/384/768, depth 2) and N sweep (embed 384), 224 px, batch 8, one thread
     OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1
-    # the issue's target: a 12-block width-768 ViT (ViT-B) at N = 2 and N = 8
-    OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1 --widths --depth 12 --n-sweep-width 768 --ns 2 8 \
-        --repeats 1
+    # the issue's target: ViT-B (12 blocks, width 768) at N = 8, three alternating repeats; the K-FAC factors' bytes in
+    # float32 and float64 are printed under each row
+    OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1 --vit-b --repeats 3
     # quick validation
     OMP_NUM_THREADS=1 python benchmarks/bench_prior.py --threads 1 --img-size 64 --widths 192 384 --ns 1 2 --repeats 1
     # GPU
@@ -55,6 +56,7 @@ if (ROOT / "srft_peft").is_dir():  # run from a checkout: benchmark this checkou
     sys.path.insert(0, str(ROOT))
 import srft_peft.significance.estimation as estimation  # noqa: E402
 from srft_peft import SRFTConfig  # noqa: E402
+from srft_peft.config import FACTOR_DTYPES  # noqa: E402
 from srft_peft.significance import KFACSignificance  # noqa: E402
 from srft_peft.targeting import select_targets  # noqa: E402
 
@@ -147,19 +149,22 @@ def measure(embed: int, depth: int, n: int, args: argparse.Namespace, stride: in
         return t.numel() * t.element_size()
 
     weights = sum(nbytes(t.param) for t in targets if t.kind == "kfac")
-    factors = sum(factor_bytes(t, config) for t in targets if t.kind == "kfac")
+    factors = factor_bytes_all(targets, config.factor_dtype)
     kept_bytes = sum(nbytes(x) for x in prior.tensors().values())
     med = statistics.median
+    ratios = [b / a for a, b in zip(plain, total)]  # each repeat's estimation against its own plain passes
     return dict(embed=embed, depth=depth, n=n, stride=stride, params=sum(p.numel() for p in model.parameters()),
                 plain=med(plain), prior=med(total), accum=med(accum), eig=med(eig), eigh=eigh,
-                factors=factors, weights=weights, kept=kept_bytes, entries=kept,
+                ratio_lo=min(ratios), ratio_hi=max(ratios),
+                factors=factors, factors32=factor_bytes_all(targets, "float32"),
+                factors64=factor_bytes_all(targets, "float64"), weights=weights, kept=kept_bytes, entries=kept,
                 overlap=subspace_overlap(kept, exact) if exact is not None else 1.0)
 
 
-def factor_bytes(target, config: SRFTConfig) -> int:
-    """Bytes of the (n x n) and (m x m) factors of one K-FAC target."""
-    m, n = target.matrix_shape
-    return (m * m + n * n) * torch.empty((), dtype=getattr(torch, config.factor_dtype)).element_size()
+def factor_bytes_all(targets: list, dtype: str) -> int:
+    """Bytes of the (n x n) and (m x m) factors of every K-FAC target in ``dtype`` (from the shapes)."""
+    size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    return sum((m * m + n * n) * size for m, n in (t.matrix_shape for t in targets if t.kind == "kfac"))
 
 
 def compare_eigh(model: torch.nn.Module, targets: list, batches: list[torch.Tensor], config: SRFTConfig,
@@ -187,16 +192,19 @@ def measure_strides(embed: int, depth: int, n: int, args: argparse.Namespace) ->
 def print_header(title: str) -> None:
     print(f"\n{title}")
     print(f"{'embed':>6}{'depth':>6}{'params M':>9}{'N':>4}{'stride':>7}{'overlap':>8}{'plain ms':>10}"
-          f"{'prior ms':>10}{'accum ms':>10}{'eig ms':>9}{'eigh ms':>9}{'collect x':>10}{'x plain':>8}{'eig share':>10}"
-          f"{'factors MB':>11}{'x W':>6}{'kept MB':>9}", flush=True)
+          f"{'prior ms':>10}{'accum ms':>10}{'eig ms':>9}{'eigh ms':>9}{'collect x':>10}{'x plain':>8}{'x range':>12}"
+          f"{'eig share':>10}{'factors MB':>11}{'x W':>6}{'kept MB':>9}", flush=True)
 
 
 def print_row(r: dict[str, float]) -> None:
+    spread = f"{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}"
     print(f"{r['embed']:>6}{r['depth']:>6}{r['params'] / 1e6:>9.2f}{r['n']:>4}{r['stride']:>7}{r['overlap']:>8.3f}"
           f"{1000 * r['plain']:>10.0f}{1000 * r['prior']:>10.0f}{1000 * r['accum']:>10.0f}{1000 * r['eig']:>9.0f}"
           f"{1000 * r['eigh']:>9.0f}{(r['prior'] - r['eig']) / r['plain']:>10.2f}{r['prior'] / r['plain']:>8.2f}"
-          f"{r['eig'] / r['prior']:>10.1%}"
+          f"{spread:>12}{r['eig'] / r['prior']:>10.1%}"
           f"{r['factors'] / 2**20:>11.1f}{r['factors'] / r['weights']:>6.1f}{r['kept'] / 2**20:>9.2f}", flush=True)
+    print(f"    K-FAC factors (from the shapes): {r['factors32'] / 2**20:.1f} MB in float32, "
+          f"{r['factors64'] / 2**20:.1f} MB in float64", flush=True)
 
 
 def main() -> None:
@@ -209,7 +217,8 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rank", type=int, default=32, help="prior_rank")
-    parser.add_argument("--factor-dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--factor-dtype", choices=list(FACTOR_DTYPES), default=SRFTConfig().factor_dtype,
+                        help="factor_dtype (default: the library's)")
     parser.add_argument("--token-strides", type=int, nargs="+", default=[1, 4],
                         help="factor_token_stride values; each row with stride > 1 is compared with stride 1")
     parser.add_argument("--eigen-solver", choices=["auto", "eigh", "subspace"], default="auto", help="eigen_solver")
@@ -218,6 +227,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    parser.add_argument("--vit-b", action="store_true",
+                        help="the issue's target, ViT-B (timm vit_base_patch16_224 built from its config, random init): "
+                        "the defaults become --widths (none) --depth 12 --n-sweep-width 768 --ns 8 --token-strides 1; "
+                        "options given explicitly still apply")
+    if "--vit-b" in sys.argv[1:]:
+        parser.set_defaults(widths=[], depth=12, n_sweep_width=768, ns=[8], token_strides=[1])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -100,8 +100,14 @@ class SRFTConfig:
         },
     )
     factor_dtype: str = field(
-        default="float64",
-        metadata={"help": "dtype of the Kronecker factors while they are accumulated and eigendecomposed."},
+        default="float32",
+        metadata={
+            "help": "dtype in which estimate_prior computes the Kronecker factors: the products a^T a, g^T g (upper "
+            "triangles only) and their running sums. The eigenpairs are computed in float64 either way. 'float32' "
+            "takes half the memory of 'float64' (1.3 GB instead of 2.6 GB for a ViT-B) and runs the products about "
+            "2x faster; its factors differ from float64 ones by at most R u sqrt(M_ii M_jj) per entry (R token rows "
+            "summed, u = 2^-24), so each eigenvalue by at most R u tr(M) (docs: Concepts, Factor precision)."
+        },
     )
     factor_token_stride: int = field(
         default=1,

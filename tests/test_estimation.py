@@ -15,7 +15,8 @@ def per_example_loss(model, x):
 
 
 def test_kfac_factors_equal_brute_force(token_mlp, token_batches):
-    cfg = SRFTConfig(target_modules=["fc1", "fc2"])
+    # float64 factors against the float64 brute force (float32 ones: tests/test_factor_precision.py)
+    cfg = SRFTConfig(target_modules=["fc1", "fc2"], factor_dtype="float64")
     targets = select_targets(token_mlp, cfg.target_modules, None)
     stats = collect_statistics(token_mlp, targets, token_batches, cfg, progress=False)
 
