@@ -59,4 +59,3 @@ def test_every_import_is_declared_and_every_declaration_is_imported():
         *(_requirement_names(reqs) for name, reqs in extras.items() if name not in ("all", "dev")))
     imported = set().union(*(_imports(p, top_level_only=False) for p in PACKAGE.rglob("*.py")))
     assert declared == imported, (declared - imported, imported - declared)
-    assert "torchvision" not in declared  # never imported; timm declares it itself

@@ -56,6 +56,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _PADS = ("zeros", "mean")
 
 Window = tuple[float, float, float]
+Images = np.ndarray | Sequence[np.ndarray]  # one (H, W, C) uint8 image, or several of one size cropped alike
 
 
 def as_box(box_xywh: Sequence[float] | np.ndarray | torch.Tensor, name: str = "box_xywh") -> np.ndarray:
@@ -107,8 +108,22 @@ def _check_window(window: Sequence[float]) -> tuple[float, float, float]:
     return x0, y0, side
 
 
+def _as_images(image: Images) -> list[np.ndarray]:
+    """One ``(H, W, C)`` uint8 image, or several of the same height and width, as a list (checked)."""
+    images = [image] if isinstance(image, np.ndarray) else list(image) if isinstance(image, (list, tuple)) else [image]
+    for im in images:
+        if not isinstance(im, np.ndarray) or im.ndim != 3 or im.dtype != np.uint8:
+            shape = getattr(im, "shape", None)
+            raise ValueError(f"image must be an (H, W, C) uint8 numpy array (or a list of them), got "
+                             f"{type(im).__name__} {shape}")
+    if not images or any(im.shape[:2] != images[0].shape[:2] for im in images):
+        raise ValueError(f"images cropped together must have the same height and width, got "
+                         f"{[im.shape for im in images]}")
+    return images
+
+
 def crop_and_resize(
-    image: np.ndarray, window: Sequence[float], output_size: int, pad: str = "zeros"
+    image: Images, window: Sequence[float], output_size: int, pad: str = "zeros"
 ) -> torch.Tensor:
     """Bilinear crop of ``window = (x0, y0, side)`` (sub-pixel allowed) from an ``(H, W, C)`` uint8 image.
 
@@ -117,23 +132,28 @@ def crop_and_resize(
     OSTrack's zero padding) or the per-channel image mean (``pad="mean"``). Only the part of the image the window
     touches is converted.
 
+    ``image`` may also be a list of images of one size (e.g. ``[rgb, x]`` from
+    :meth:`~srft_peft.tracking.datasets.Sequence.load_images`): each is cropped with the same window and the channels
+    are concatenated in order, the same values as cropping the images stacked on the channel axis, without copying
+    the full frames into one array.
+
     Example:
         >>> crop_and_resize(np.full((8, 8, 6), 100, np.uint8), (2, 2, 4), 4).shape
         torch.Size([6, 4, 4])
     """
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.uint8:
-        shape = getattr(image, "shape", None)
-        raise ValueError(f"image must be an (H, W, C) uint8 numpy array, got {type(image).__name__} {shape}")
+    images = _as_images(image)
     if isinstance(output_size, bool) or not isinstance(output_size, (int, np.integer)) or output_size <= 0:
         raise ValueError(f"output_size must be a positive int, got {output_size!r}")
     if pad not in _PADS:
         raise ValueError(f"pad must be one of {list(_PADS)}, got {pad!r}")
     x0, y0, side = _check_window(window)
     out_size = int(output_size)
-    height, width, channels = image.shape
+    height, width = images[0].shape[:2]
+    channels = sum(im.shape[2] for im in images)
     fill = None
     if pad == "mean":
-        fill = torch.from_numpy(image.reshape(-1, channels).mean(0, dtype=np.float64)).float().view(-1, 1, 1)
+        means = [im.reshape(-1, im.shape[2]).mean(0, dtype=np.float64) for im in images]
+        fill = torch.from_numpy(np.concatenate(means)).float().view(-1, 1, 1)
     # The image region the window touches, plus a 1-pixel margin for the bilinear neighbours.
     ix0 = max(int(math.floor(x0)) - 1, 0)
     iy0 = max(int(math.floor(y0)) - 1, 0)
@@ -142,20 +162,25 @@ def crop_and_resize(
     if ix1 <= ix0 or iy1 <= iy0:  # the window lies entirely outside the image
         out = torch.zeros(channels, out_size, out_size, dtype=torch.float32)
         return out if fill is None else out + fill
-    sub = torch.from_numpy(np.array(image[iy0:iy1, ix0:ix1], copy=True)).permute(2, 0, 1)[None].float()
+    # Channel planes of the region only (a full-frame stack would copy every pixel of every image first). A
+    # read-only array (PIL's) is copied first: torch warns on a tensor over memory it may not write.
+    subs = [torch.from_numpy(region if region.flags.writeable else region.copy()).permute(2, 0, 1).float()
+            for region in (im[iy0:iy1, ix0:ix1] for im in images)]
+    sub = (subs[0] if len(subs) == 1 else torch.cat(subs))[None]
     if fill is not None:
         sub = sub - fill
     sub_h, sub_w = iy1 - iy0, ix1 - ix0
     pos = (torch.arange(out_size, dtype=torch.float64) + 0.5) * (side / out_size)
-    gx = ((x0 - ix0) + pos) * (2.0 / sub_w) - 1.0  # align_corners=False: -1/+1 are the outer pixel edges
-    gy = ((y0 - iy0) + pos) * (2.0 / sub_h) - 1.0
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None].float()
+    # align_corners=False: -1/+1 are the outer pixel edges; positions in float64, rounded once to float32
+    gx = (((x0 - ix0) + pos) * (2.0 / sub_w) - 1.0).float()
+    gy = (((y0 - iy0) + pos) * (2.0 / sub_h) - 1.0).float()
+    grid = torch.stack((gx.expand(out_size, out_size), gy[:, None].expand(out_size, out_size)), dim=-1)[None]
     out = F.grid_sample(sub, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     return out if fill is None else out + fill
 
 
 def sample_target(
-    image: np.ndarray,
+    image: Images,
     box_xywh: Sequence[float] | np.ndarray,
     search_area_factor: float,
     output_size: int,
@@ -166,7 +191,8 @@ def sample_target(
     """Crop the square window around the box (:func:`crop_window`), pad outside the image, resize; as uint8.
 
     Args:
-        image: (H, W, C) uint8 (C = 3 for RGB, 6 for RGB + X stacked on the channel axis).
+        image: (H, W, C) uint8 (C = 3 for RGB, 6 for RGB + X stacked on the channel axis), or a list of images of
+            one size cropped alike (see :func:`crop_and_resize`).
         box_xywh: reference box x, y, w, h (top-left, pixels).
         search_area_factor: crop side / sqrt(box area) (2 for templates, 4 for search regions in OSTrack).
         output_size: side of the returned crop.
@@ -184,7 +210,7 @@ def sample_target(
 
 
 def crop_tensor(
-    image: np.ndarray,
+    image: Images,
     box_xywh: Sequence[float] | np.ndarray,
     search_area_factor: float,
     output_size: int,
@@ -198,6 +224,7 @@ def crop_tensor(
 
     Training pairs and the :class:`~srft_peft.tracking.tracker.Tracker` both call this, so they use the same window
     rule (sub-pixel by default), the same resampling and the same normalisation (no uint8 rounding in between).
+    ``image`` is one ``(H, W, C)`` uint8 array or a list of them (``[rgb, x]``), see :func:`crop_and_resize`.
 
     Returns:
         ``(crop (C, S, S) float32, window (x0, y0, side))``; map boxes with :func:`box_in_window` /

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,12 +212,41 @@ def depth_to_colormap(depth: np.ndarray, max_depth: float = 10000.0) -> np.ndarr
     return np.round(_jet(levels) * 255.0).astype(np.uint8)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def _jpeg_decoder() -> Callable[[Path], np.ndarray] | None:
+    """JPEG decoding with torchvision's libjpeg-turbo (faster than PIL: no RGBX intermediate, the same pixels; see
+    docs/tracking.md "The training data path"), or None without ``torchvision.io`` (PIL then decodes)."""
     try:
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    except ImportError:  # torchvision comes with timm (the tracking extra); a release without image I/O falls back
+        return None
+
+    def decode(path: Path) -> np.ndarray:
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        with warnings.catch_warnings():  # torchvision >= 0.29 warns on every call that image I/O moves to TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            chw = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+        return chw.permute(1, 2, 0).numpy()  # libjpeg writes rows of RGB pixels: this view is contiguous (H, W, 3)
+
+    return decode
+
+
+_DECODE_JPEG = _jpeg_decoder()
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """An image file as ``(H, W, 3)`` uint8 RGB: JPEG through :func:`_jpeg_decoder` when torchvision is there, the rest
+    (and JPEG without it) through PIL; an unreadable file is an error naming it."""
+    path = Path(path)
+    try:
+        if _DECODE_JPEG is not None and path.suffix.lower() in (".jpg", ".jpeg"):
+            return _DECODE_JPEG(path)
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise FileNotFoundError(f"frame file not found: {path}") from None
+    except (OSError, RuntimeError, ValueError) as err:  # truncated / not an image (PIL: OSError, torchvision: Runtime)
+        raise ValueError(f"frame file {path} could not be decoded ({type(err).__name__}: {err})") from None
 
 
 def _read_depth(path: Path) -> np.ndarray:
@@ -341,20 +371,31 @@ class Sequence:
         path = self.frames_x[index]
         return _read_depth(path) if self.modality == "rgbd" else _read_rgb(path)
 
-    def load_frame(self, index: int, rgb_only: bool = False) -> np.ndarray:
-        """Frame ``index`` as ``(H, W, 6)`` uint8 (RGB then X), or ``(H, W, 3)`` when ``rgb_only`` or modality 'rgb'.
+    def load_images(self, index: int, rgb_only: bool = False) -> list[np.ndarray]:
+        """Frame ``index`` as separate ``(H, W, 3)`` uint8 images ``[rgb, x]`` (``[rgb]`` when ``rgb_only`` or
+        modality 'rgb'), not stacked: crop them with one window (:func:`~srft_peft.tracking.crops.crop_tensor` takes
+        the list) instead of copying both full frames into one 6-channel array.
 
         An X frame whose size differs from the RGB frame is resized (bilinear) to the RGB size.
+
+        Example:
+            >>> rgb, x = seq.load_images(0)  # doctest: +SKIP
         """
         if not -len(self) <= index < len(self):
             raise IndexError(f"Sequence {self.name!r}: frame index {index} out of range for {len(self)} frames")
         rgb = self.load_rgb(index)
         if rgb_only or self.modality == "rgb":
-            return rgb
+            return [rgb]
         x = self.load_x(index)
         if x.shape[:2] != rgb.shape[:2]:
             x = np.asarray(Image.fromarray(x).resize((rgb.shape[1], rgb.shape[0]), Image.BILINEAR))
-        return np.concatenate([rgb, x], axis=2)
+        return [rgb, x]
+
+    def load_frame(self, index: int, rgb_only: bool = False) -> np.ndarray:
+        """Frame ``index`` as ``(H, W, 6)`` uint8 (RGB then X), or ``(H, W, 3)`` when ``rgb_only`` or modality 'rgb':
+        :meth:`load_images` stacked on the channel axis."""
+        images = self.load_images(index, rgb_only)
+        return images[0] if len(images) == 1 else np.concatenate(images, axis=2)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -162,11 +162,12 @@ class TrackingPairDataset(Dataset):
         t_box, s_box = seq.gt[t], seq.gt[s]
         norm = {"mean": cfg.mean, "std": cfg.std}
         # The same crop function (sub-pixel window, bilinear, zero padding, normalisation) as the Tracker's.
+        # Each modality is cropped with the same window (Sequence.load_images: no full-frame 6-channel stack).
         template, t_win = crop_tensor(
-            seq.load_frame(t, rgb_only=cfg.rgb_only), t_box, cfg.template_factor, cfg.template_size, **norm
+            seq.load_images(t, rgb_only=cfg.rgb_only), t_box, cfg.template_factor, cfg.template_size, **norm
         )
         search, s_win = crop_tensor(
-            seq.load_frame(s, rgb_only=cfg.rgb_only), self.jitter_box(s_box, rng), cfg.search_factor,
+            seq.load_images(s, rgb_only=cfg.rgb_only), self.jitter_box(s_box, rng), cfg.search_factor,
             cfg.search_size, **norm
         )
         return {

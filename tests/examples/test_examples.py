@@ -80,21 +80,26 @@ def test_example_plain_python_with_rgb_retention(tiny_data, example_env, tmp_pat
     assert list((out / "finetune").rglob("events.out.tfevents*"))  # TensorBoard logs
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, accelerate_state):
-    """Save at step 2 of 4, resume from it: the final weights equal those of the run that was not interrupted."""
+@pytest.mark.parametrize("rule", ["steps", "minutes"])
+def test_resume_reproduces_the_uninterrupted_run(rule, tiny_data, tmp_path, accelerate_state):
+    """Save at step 2 of 4 (step rule, or the time rule checked every 2 steps with a period already over), resume from
+    it with a DataLoader worker instead of none: the final weights equal those of the run that was not interrupted."""
+    saving = {"save_every": 2, "save_every_minutes": 0} if rule == "steps" else \
+        {"save_every": 0, "save_every_minutes": 1e-9, "log_every": 2}
     common = dict(method="srft", data_root=str(tiny_data["rgbt"]), pretrained=str(tiny_data["tracker"]),
                   rgb_root=str(tiny_data["rgb"]), steps=4, batch_size=2, grad_accum=2, prior_batches=1,
-                  save_every=2, keep_checkpoints=0, report_to=None, progress=False, evaluate_baseline=False,
-                  eval_sequences=1, eval_frames=3, srft_overrides={"prior_rank": 4}, seed=3)
+                  keep_checkpoints=0, report_to=None, progress=False, evaluate_baseline=False,
+                  eval_sequences=1, eval_frames=3, srft_overrides={"prior_rank": 4}, seed=3, **saving)
     out = tmp_path / "run"
-    first = finetune_rgbx(FinetuneConfig(**common, output_dir=str(out)))
+    first = finetune_rgbx(FinetuneConfig(**common, output_dir=str(out), num_workers=0))
     assert first["steps"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002", "step_000004"]
     full = load_file(str(out / "model" / "model.safetensors"))
     # Simulate an interruption after step 2: only the step-2 checkpoint (and the saved prior) remain.
     shutil.rmtree(out / "checkpoints" / "step_000004")
     shutil.rmtree(out / "model")
     accelerate_state()
-    resumed = finetune_rgbx(FinetuneConfig(**common, output_dir=str(out), resume="latest"))
+    resumed = finetune_rgbx(FinetuneConfig(**common, output_dir=str(out), resume="latest", num_workers=1))
     assert resumed["steps"] == 4 and resumed["prior"].endswith("(resume)")
     again = load_file(str(out / "model" / "model.safetensors"))
     assert full.keys() == again.keys()

@@ -152,3 +152,67 @@ def test_training_crops_equal_tracker_crops(tmp_path):
         _, t, _ = ds.sample_frames(index)
         tracker.initialize(seq.load_frame(t), seq.gt[t])
         assert torch.equal(tracker.template[0], ds[index]["template"])
+
+
+def _stacked_crop(image: np.ndarray, window, size: int, pad: str = "zeros") -> torch.Tensor:
+    """The crop before the per-modality data path: one (H, W, 6) frame, the float64 grid cast once to float32."""
+    import math
+
+    import torch.nn.functional as F
+
+    x0, y0, side = window
+    height, width, channels = image.shape
+    fill = torch.from_numpy(image.reshape(-1, channels).mean(0, dtype=np.float64)).float().view(-1, 1, 1)
+    ix0, iy0 = max(math.floor(x0) - 1, 0), max(math.floor(y0) - 1, 0)
+    ix1, iy1 = min(math.ceil(x0 + side) + 1, width), min(math.ceil(y0 + side) + 1, height)
+    sub = torch.from_numpy(np.array(image[iy0:iy1, ix0:ix1], copy=True)).permute(2, 0, 1)[None].float()
+    sub = sub - fill if pad == "mean" else sub
+    pos = (torch.arange(size, dtype=torch.float64) + 0.5) * (side / size)
+    gx = ((x0 - ix0) + pos) * (2.0 / (ix1 - ix0)) - 1.0
+    gy = ((y0 - iy0) + pos) * (2.0 / (iy1 - iy0)) - 1.0
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None].float()
+    out = F.grid_sample(sub, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    return out + fill if pad == "mean" else out
+
+
+@pytest.mark.parametrize("x_size", [(160, 120), (80, 60)])  # same size as RGB, and an X frame resized to it
+def test_per_modality_crops_equal_the_stacked_frame_crops(tmp_path, x_size):
+    """Items crop RGB and X separately with one window (no 6-channel full frame): the same float32 values, bit for bit,
+    as the previous path that stacked the frames first; grid_sample treats channels independently and the sampling
+    positions are the same float32 numbers, so no tolerance is needed. JPEG frames: the fast decoder path."""
+    rng = np.random.default_rng(4)
+    frames_rgb, frames_x, gt = [], [], []
+    for i in range(6):
+        smooth = np.asarray(Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize((160, 120)))
+        frames_rgb.append(tmp_path / f"v{i}.jpg")
+        Image.fromarray(smooth).save(frames_rgb[-1], quality=90)
+        frames_x.append(tmp_path / f"i{i}.jpg")
+        Image.fromarray(255 - smooth).resize(x_size).save(frames_x[-1], quality=90)
+        gt.append([20 + 9 * i, 30 + 3 * i, 30, 24])
+    seq = Sequence("jpeg", frames_rgb, frames_x, np.asarray(gt, float))
+    ds = TrackingPairDataset([seq], samples_per_epoch=6, seed=2, **SIZE)
+    cfg = ds.config
+    mean = torch.tensor(IMAGENET_MEAN * 2).view(6, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD * 2).view(6, 1, 1) * 255
+    for index in range(6):
+        item, rng_i = ds[index], ds.rng(index)
+        _, t, s = ds._sample_frames(rng_i)
+        t_win = crop_window(seq.gt[t], cfg.template_factor, exact=True)
+        s_win = crop_window(ds.jitter_box(seq.gt[s], rng_i), cfg.search_factor, exact=True)
+        template = (_stacked_crop(seq.load_frame(t), t_win, 32) - mean) / std
+        search = (_stacked_crop(seq.load_frame(s), s_win, 64) - mean) / std
+        assert torch.equal(item["template"], template) and torch.equal(item["search"], search)
+        for pad in ("zeros", "mean"):
+            assert torch.equal(crop_and_resize(seq.load_images(s), s_win, 64, pad=pad),
+                               _stacked_crop(seq.load_frame(s), s_win, 64, pad=pad))
+
+
+def test_undecodable_frame_is_an_error_naming_the_file(tmp_path):
+    from srft_peft.tracking.datasets import _read_rgb
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        _read_rgb(bad)
+    with pytest.raises(FileNotFoundError, match="absent.jpg"):
+        _read_rgb(tmp_path / "absent.jpg")

@@ -6,17 +6,22 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 import warnings
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.distributed as dist
 from safetensors import safe_open
 
 if TYPE_CHECKING:
     from .config import FinetuneConfig
 
-__all__ = ["check_checkpoint", "list_checkpoints", "resume_point", "save_checkpoint"]
+__all__ = ["CheckpointRule", "check_checkpoint", "list_checkpoints", "resume_point", "save_checkpoint"]
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -83,3 +88,55 @@ def save_checkpoint(accelerator: Any, output_dir: Path, step: int, keep: int) ->
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return folder
+
+
+def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True when ``flag`` is True on any process (an all-reduce MAX; ``flag`` itself with one process). Every process
+    must call it at the same point."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+@dataclass
+class CheckpointRule:
+    """When a fine-tune writes a checkpoint: every ``every_steps`` steps, and/or once ``every_minutes`` have passed
+    since the last one (or the start), and at ``total_steps``. The time rule is looked at only on steps that are a
+    multiple of ``check_every``, where the processes agree through one all-reduce (:func:`any_process`): every process
+    then saves at the same step even when their clocks differ (a slower rank, a later start).
+
+    Example:
+        >>> rule = CheckpointRule(every_steps=100, every_minutes=0, total_steps=250)
+        >>> [s for s in range(1, 251) if rule.due(s)]
+        [100, 200, 250]
+    """
+
+    every_steps: int
+    every_minutes: float
+    total_steps: int
+    check_every: int = 10
+    device: torch.device | str = "cpu"
+    clock: Callable[[], float] = time.monotonic
+    last_save: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last_save = self.clock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_steps > 0 or self.every_minutes > 0
+
+    def due(self, step: int) -> bool:
+        """Whether to save after optimizer step ``step``; resets the clock when it says yes. Call it at every step on
+        every process (it holds a collective on the time rule's check steps)."""
+        if not self.enabled:
+            return False
+        save = step == self.total_steps or (self.every_steps > 0 and step % self.every_steps == 0)
+        if self.every_minutes > 0 and step % self.check_every == 0:
+            late = self.clock() - self.last_save >= 60.0 * self.every_minutes
+            save = any_process(late, self.device) or save
+        if save:
+            self.last_save = self.clock()
+        return save

@@ -59,11 +59,11 @@ def build_parser(modality: str = "rgbt", description: str | None = None) -> argp
             kwargs.update(nargs="?", const="latest")
         else:
             kinds = {"lr": float, "lora_alpha": float, "weight_decay": float, "grad_clip": float,
-                     "center_jitter": float, "scale_jitter": float, "kappa_horizon": float}
+                     "center_jitter": float, "scale_jitter": float, "kappa_horizon": float, "save_every_minutes": float}
             if f.name in kinds:
                 kwargs["type"] = kinds[f.name]
             elif isinstance(default, int) or f.name in ("eval_sequences", "eval_frames", "template_size",
-                                                         "search_size", "num_threads", "val_sequences"):
+                                                         "search_size", "num_threads", "val_sequences", "num_workers"):
                 kwargs["type"] = int
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--srft", metavar="KEY=VALUE", action="append", type=parse_override, default=[],

@@ -179,7 +179,14 @@ class FinetuneConfig:
     )
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (fp16 needs a GPU)."})
     seed: int = field(default=0, metadata={"help": "Seed (model initialisation, pair sampling)."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    num_workers: int | None = field(
+        default=None, metadata={"help": "DataLoader worker processes per training process (0 = load in the training "
+                                "process); default: min(8, CPUs // processes on this machine) with a GPU, 0 on the CPU "
+                                "(there the training step itself uses the cores)."}
+    )
+    prefetch_factor: int = field(
+        default=4, metadata={"help": "Batches each DataLoader worker prepares ahead (with num_workers > 0)."}
+    )
     num_threads: int | None = field(
         default=None, metadata={"help": "Intra-op CPU threads per process; default 1 on the CPU unless OMP_NUM_THREADS "
                                 "is set (the small tracker gains nothing from more, and they contend)."}
@@ -194,8 +201,19 @@ class FinetuneConfig:
     srft_overrides: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "SRFTConfig fields on top of the method's preset (e.g. prior_rank)."}
     )
-    save_every: int = field(default=100, metadata={"help": "accelerator.save_state every N steps (0 = never)."})
-    keep_checkpoints: int = field(default=2, metadata={"help": "Newest checkpoints kept in output_dir/checkpoints."})
+    save_every: int = field(
+        default=0, metadata={"help": "accelerator.save_state every N steps (0 = no step rule); with either rule a "
+                             "checkpoint is also written at the last step."}
+    )
+    save_every_minutes: float = field(
+        default=30.0, metadata={"help": "accelerator.save_state when this many minutes have passed since the last "
+                                "checkpoint (0 = no time rule); checked every log_every steps, the same step on every "
+                                "process."}
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "Newest checkpoints kept in output_dir/checkpoints, older ones deleted (0 = keep "
+                             "all)."}
+    )
     resume: str | None = field(
         default=None, metadata={"help": "Resume from a checkpoint folder, or 'latest' in output_dir/checkpoints."}
     )
@@ -242,10 +260,18 @@ class FinetuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("save_every", "keep_checkpoints", "warmup_steps", "num_workers", "eval_every"):
+        for name in ("save_every", "keep_checkpoints", "warmup_steps", "eval_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.num_workers is not None and (isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int)
+                                             or self.num_workers < 0):
+            raise ValueError(f"num_workers must be a non-negative integer or None (automatic), got {self.num_workers!r}")
+        if isinstance(self.prefetch_factor, bool) or not isinstance(self.prefetch_factor, int) or self.prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be a positive integer, got {self.prefetch_factor!r}")
+        minutes = self.save_every_minutes
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes < float("inf"):
+            raise ValueError(f"save_every_minutes must be a finite number >= 0, got {minutes!r}")
         if self.tracker_preset is not None and self.tracker_preset not in PRESETS:
             raise ValueError(f"tracker_preset must be one of {sorted(PRESETS)} or None, got {self.tracker_preset!r}")
         self._check_recipe()

@@ -8,9 +8,14 @@ available through :func:`~srft_peft.tracking.demo_data.make_demo_dataset`."""
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from ..datasets import Sequence, load_dataset
 from ..demo_data import DEMO_LAYOUTS, demo_set_root, make_demo_dataset
@@ -18,7 +23,8 @@ from ..demo_data import DEMO_LAYOUTS, demo_set_root, make_demo_dataset
 if TYPE_CHECKING:
     from .config import FinetuneConfig
 
-__all__ = ["DEMO_DATA_VERSION", "DEMO_RGB", "DEMO_RGB_SPLITS", "SPLIT_FOLDERS", "RGBXSplits", "demo_rgb_root",
+__all__ = ["DEMO_DATA_VERSION", "default_num_workers", "make_loader",
+           "DEMO_RGB", "DEMO_RGB_SPLITS", "SPLIT_FOLDERS", "RGBXSplits", "demo_rgb_root",
            "demo_rgb_split", "load_rgb_split", "load_rgbx_splits", "resolve_split_root", "truncate_sequence"]
 
 DEMO_DATA_VERSION = 2  # the demo data of a fine-tune without a data root, and of its RGB side with the demo tracker
@@ -135,3 +141,31 @@ def load_rgbx_splits(cfg: FinetuneConfig) -> RGBXSplits:
     else:
         val = _optional_split(Path(cfg.data_root).expanduser(), name) if cfg.data_root is not None else []
     return RGBXSplits(splits[0], val, splits[1], str(cfg.data_root or cfg.train_root))
+
+
+def default_num_workers(device: torch.device | str, local_processes: int = 1, cpus: int | None = None) -> int:
+    """DataLoader workers per training process when ``num_workers`` is None: ``min(8, cpus // local_processes)`` with
+    an accelerator (a pair costs about four JPEG decodes of CPU time, so a GPU needs several cores feeding it), 0 on
+    the CPU, where the training step itself uses the cores.
+
+    Example:
+        >>> default_num_workers("cuda", local_processes=4, cpus=16), default_num_workers("cpu", cpus=16)
+        (4, 0)
+    """
+    if torch.device(device).type == "cpu":
+        return 0
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cpus // max(int(local_processes), 1))
+
+
+def make_loader(data: Dataset, cfg: FinetuneConfig, device: torch.device | str, collate_fn: Callable[..., Any],
+                local_processes: int = 1, drop_last: bool = False) -> DataLoader:
+    """The DataLoader of a fine-tune: ``cfg.batch_size`` in dataset order (item ``i`` is seeded by ``i``, so the pairs
+    do not depend on the number of workers, and a resumed run skips exactly the batches already used), workers
+    ``cfg.num_workers`` (None: :func:`default_num_workers`), pinned memory on CUDA, persistent workers with
+    ``cfg.prefetch_factor`` batches ahead when there are workers."""
+    workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(device, local_processes)
+    extra = {"persistent_workers": True, "prefetch_factor": cfg.prefetch_factor} if workers > 0 else {}
+    return DataLoader(data, batch_size=cfg.batch_size, shuffle=False, drop_last=drop_last, collate_fn=collate_fn,
+                      num_workers=workers, pin_memory=torch.device(device).type == "cuda", **extra)

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from ...checkpoint import CONFIG_NAME
 from ...config import SRFTConfig
@@ -34,7 +33,7 @@ from ..datasets import Sequence
 from ..model import OSTrackRGBX
 from ..plots import plot_summaries
 from ..sampling import TrackingPairDataset, collate
-from .checkpoints import resume_point, save_checkpoint
+from .checkpoints import CheckpointRule, resume_point, save_checkpoint
 from .common import (
     collate_rgb_as_rgbx,
     configure_threads,
@@ -45,7 +44,7 @@ from .common import (
     to_device,
 )
 from .config import DEMO_JITTER, OSTRACK_JITTER, FinetuneConfig
-from .data import RGBXSplits, demo_rgb_split, load_rgb_split, load_rgbx_splits, truncate_sequence
+from .data import RGBXSplits, demo_rgb_split, load_rgb_split, load_rgbx_splits, make_loader, truncate_sequence
 from .evaluate import evaluate_tracker, jsonable, scalars
 from .methods import SRFT_METHODS, build_finetune_model, method_srft_config, prior_scope_fields, tracker_of, uniform_prior
 from .pretrain import load_pretrained_rgb
@@ -66,6 +65,11 @@ def make_accelerator(cfg: FinetuneConfig, output_dir: Path) -> Any:
             log_with = None
     return Accelerator(cpu=cpu_distributed(), mixed_precision=cfg.mixed_precision,
                        gradient_accumulation_steps=cfg.grad_accum, log_with=log_with, project_dir=str(output_dir))
+
+
+def _local_processes(accelerator: Any) -> int:
+    """Training processes on this machine (torchrun / accelerate launch set ``LOCAL_WORLD_SIZE``)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
 
 
 def cpu_distributed() -> bool:
@@ -198,7 +202,7 @@ def _attach_prior(run: _Run, srft: SRFTModel, resume: tuple[Path, int] | None) -
     data = TrackingPairDataset(calib, samples_per_epoch=cfg.prior_batches * cfg.batch_size,
                                template_size=tcfg.template_size, search_size=tcfg.search_size,
                                rgb_only=True, seed=cfg.seed + 1, **run.jitter)
-    loader = DataLoader(data, batch_size=cfg.batch_size, collate_fn=collate_rgb_as_rgbx, num_workers=cfg.num_workers)
+    loader = make_loader(data, cfg, run.device, collate_rgb_as_rgbx, _local_processes(run.accelerator))
     device = run.device
 
     def calibration_loss(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -300,9 +304,9 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     prior estimated or loaded, then saved to ``output_dir/prior``) -> ``accelerator.prepare`` ->
     ``srft.attach(optimizer, steps)`` -> optional ``accelerator.load_state`` (``resume``) -> training loop
     (``accumulate``, ``backward``, :func:`clip_gradients` in ``clip_order``, cosine LR, ``log``, validation every
-    ``eval_every`` steps, ``save_state`` every ``save_every`` steps) -> on the main process: the best-validation
-    weights with ``early_stopping``, ``save_tracker`` to ``output_dir/model``, one-pass evaluation on the test
-    sequences (and of the start, and on RGB with ``evaluate_rgb``), plots and ``results.json``.
+    ``eval_every`` steps, ``save_state`` when :class:`~.checkpoints.CheckpointRule` says so) -> on the main process:
+    the best-validation weights with ``early_stopping``, ``save_tracker`` to ``output_dir/model``, one-pass
+    evaluation on the test sequences (and of the start, and on RGB with ``evaluate_rgb``), plots and ``results.json``.
 
     Args:
         config: the run; ``overrides`` replace its fields.
@@ -356,8 +360,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
                                      samples_per_epoch=cfg.steps * cfg.grad_accum * cfg.batch_size * procs,
                                      template_size=tcfg.template_size, search_size=tcfg.search_size, seed=cfg.seed,
                                      **run.jitter)
-    train_loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=False, drop_last=True,
-                              collate_fn=collate, num_workers=cfg.num_workers)
+    train_loader = make_loader(train_data, cfg, device, collate, _local_processes(accelerator), drop_last=True)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     if srft is not None:
         prepare_srft(accelerator, srft, optimizer, total_steps=cfg.steps)
@@ -396,6 +399,8 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     bar = progress_bar(total=cfg.steps, initial=start_step, enabled=show, desc=f"fine-tuning ({cfg.method})",
                        unit="step")
     tic = time.perf_counter()
+    checkpoints = CheckpointRule(cfg.save_every, cfg.save_every_minutes, cfg.steps, check_every=cfg.log_every,
+                                 device=device)
     last_loss = math.nan
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
@@ -429,7 +434,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
             loss_count = 0
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             validate(step)
-        if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
+        if checkpoints.due(step):
             save_checkpoint(accelerator, output_dir, step, cfg.keep_checkpoints)
         if step >= cfg.steps:
             break
