@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
-if TYPE_CHECKING:
-    from .model import TrackerConfig
+#: A :class:`~srft_peft.tracking.TrackerConfig`, named here without importing it: the config's module imports this one
+#: (and the architecture registry), so an import back would be a cycle.
+TrackerConfig = Any
 
 __all__ = ["CenterHead", "ViTBackbone", "apply_block", "decode_center_maps", "drop_path_rates", "init_weights",
            "make_block", "norm_layer", "restore_search"]

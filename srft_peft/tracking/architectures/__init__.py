@@ -30,12 +30,14 @@ Example (a new architecture: one module with this class, plus a test):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from ..model import OSTrackRGBX
+#: The tracker an architecture works on, an :class:`~srft_peft.tracking.OSTrackRGBX`, named here without importing it:
+#: the model's module imports this registry, so an import back would be a cycle.
+OSTrackRGBX = nn.Module
 
 __all__ = ["ARCHITECTURES", "ROLES", "TrackerArchitecture", "architecture_names", "get_architecture",
            "register_architecture"]

@@ -17,16 +17,12 @@ both (the fusion blocks and the final average stay position-aligned).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from ..layers import ViTBackbone, apply_block, drop_path_rates, init_weights, make_block
-from . import TrackerArchitecture, register_architecture
-
-if TYPE_CHECKING:
-    from ..model import OSTrackRGBX
+from . import OSTrackRGBX, TrackerArchitecture, register_architecture
 
 __all__ = ["DualStreamArchitecture"]
 

@@ -8,17 +8,13 @@ Candidate elimination drops the same tokens from p as from the RGB tokens.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed
 
-from ..layers import apply_block, init_weights, norm_layer
-from . import TrackerArchitecture, register_architecture
-
-if TYPE_CHECKING:
-    from ..model import OSTrackRGBX, TrackerConfig
+from ..layers import TrackerConfig, apply_block, init_weights, norm_layer
+from . import OSTrackRGBX, TrackerArchitecture, register_architecture
 
 __all__ = ["PromptArchitecture", "PromptBlock", "PromptModule"]
 

@@ -6,15 +6,10 @@ and ``box_head.*`` (CENTER head) on the search tokens. Everything trains.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..layers import apply_block
-from . import TrackerArchitecture, register_architecture
-
-if TYPE_CHECKING:
-    from ..model import OSTrackRGBX
+from . import OSTrackRGBX, TrackerArchitecture, register_architecture
 
 __all__ = ["RGBArchitecture"]
 
