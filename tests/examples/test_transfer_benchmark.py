@@ -104,7 +104,7 @@ def test_selection_rule_and_budget():
 
 
 def test_plan_and_prior_sharing(tiny_data, tmp_path):
-    args = transfer.parse_args(quick_args(tiny_data, tmp_path, "--methods", "srft", "full"))
+    args = transfer.parse_args(quick_args(tiny_data, tmp_path, "--methods", "srft", "full", "--protocol", "v3"))
     args.methods = ["srft", "srft-prior-only", "ewc", "l2sp", "srft-transfer-only", transfer.EARLY_STOP]
     data = transfer.Data({"rgbt": tmp_path / "v2_rgbt"}, tmp_path / "v2_rgb", tmp_path / "view")
     runs = {(r.method, r.knobs["lr"]): r for r in transfer.plan_tune(args, data)}
@@ -123,7 +123,8 @@ def test_plan_and_prior_sharing(tiny_data, tmp_path):
 def test_variant_settings_and_protocol_flags(tiny_data, tmp_path):
     args = transfer.parse_args(quick_args(tiny_data, tmp_path, "--protocol", "v3"))
     assert args.seeds == [0] and args.methods == ["srft", "full", "lora"]  # --quick's
-    args = transfer.parse_args(["--pretrained", str(tiny_data["tracker"]), "--methods", transfer.SCOPE_ALL, "srft"])
+    args = transfer.parse_args(["--pretrained", str(tiny_data["tracker"]), "--methods", transfer.SCOPE_ALL, "srft",
+                                "--protocol", "v3"])
     assert args.seeds == list(transfer.PROTOCOLS["v3"].final_seeds)
     data = transfer.Data({m: tmp_path / m for m in transfer.MODALITIES}, tmp_path / "v2_rgb", tmp_path / "view")
     runs = {(r.method, r.knobs["lr"], r.knobs["lambda_prior"], r.modality): r for r in transfer.plan_tune(args, data)}
@@ -135,6 +136,26 @@ def test_variant_settings_and_protocol_flags(tiny_data, tmp_path):
     assert transfer.prior_key(runs["srft", 4e-4, 10.0, "rgbd"]) == transfer.prior_key(srft)
     with pytest.raises(SystemExit):  # v2 has no srft-scope-all
         transfer.parse_args(["--protocol", "v2", "--methods", transfer.SCOPE_ALL, "--pretrained", "x"])
+
+
+def test_protocol_v5_tunes_the_prior_application_of_every_anchored_method(tiny_data, tmp_path):
+    args = transfer.parse_args(["--pretrained", str(tiny_data["tracker"])])
+    assert args.protocol == transfer.DEFAULT_PROTOCOL == "v5"
+    assert (args.steps, args.eval_every, args.seeds) == (300, 25, [9, 10, 11])  # the forgetting regime, fresh seeds
+    assert not {9, 10, 11} & {s for p in ("v2", "v3", "v4") for s in transfer.PROTOCOLS[p].final_seeds}
+    assert transfer.parse_args(quick_args(tiny_data, tmp_path)).steps == 2
+    data = transfer.Data({m: tmp_path / m for m in transfer.MODALITIES}, tmp_path / "v2_rgb", tmp_path / "view")
+    runs = transfer.plan_tune(args, data)
+    per_method = {m: [r for r in runs if r.method == m and r.modality == "rgbd"] for m in args.methods}
+    assert {len(v) for v in per_method.values()} == {6}  # an equal budget
+    for method in ("srft", "ewc", "l2sp"):
+        modes = {r.settings["srft_overrides"]["prior_application"] for r in per_method[method]}
+        assert modes == {"gradient", "decoupled", "proximal"}
+        keys = {transfer.prior_key(r) for r in per_method[method]}  # the mode does not change the prior
+        assert len(keys) == 1 and (keys == {None}) == (method == "l2sp")
+    full_lrs = {r.knobs["lr"] for r in per_method["full"]}
+    assert max(full_lrs) == 3.2e-3 and {r.knobs["lr"] for r in per_method["srft"]} <= full_lrs
+    assert all(r.settings["eval_every"] == 25 for r in per_method[transfer.EARLY_STOP])
 
 
 def test_bad_flags(tiny_data, tmp_path):
