@@ -16,6 +16,10 @@ from srft_peft import get_srft_model
 from srft_peft.regularizer.prior_term import PriorTerm
 
 STEPS, GLOBAL_BATCH = 6, 8
+#: scenario -> (apply, SRFTConfig overrides); the decoupled lambda keeps lr * lambda * omega below 1 at lr 1e-2
+SCENARIOS = {"grad": ("grad", {}), "loss": ("loss", {}),
+             "decoupled": ("grad", {"prior_application": "decoupled", "lambda_prior": 0.5}),
+             "proximal": ("grad", {"prior_application": "proximal"})}
 
 
 def main(out: str) -> None:
@@ -29,13 +33,13 @@ def main(out: str) -> None:
     prior = srft.estimate_prior(shard, progress=False)
     torch.save(prior.to_state(), f"{out}/prior_rank{rank}.pt")
 
-    # (1) DDP training in both apply modes: each rank half of every global batch
-    for apply in ("grad", "loss"):
-        srft = make_hf_srft(apply, estimate=False, total_steps=STEPS)
+    # (1) DDP training in both apply modes and the post-step prior applications: each rank half of every global batch
+    for scenario, (apply, overrides) in SCENARIOS.items():
+        srft = make_hf_srft(apply, estimate=False, total_steps=STEPS, **overrides)
         srft.estimate_prior(shard, progress=False)
         model, _, _ = train(accelerator, srft, STEPS, GLOBAL_BATCH, micro=GLOBAL_BATCH // world)
         assert isinstance(model, torch.nn.parallel.DistributedDataParallel), type(model)
-        torch.save({"params": flat_params(srft), **engine_state(srft)}, f"{out}/{apply}_rank{rank}.pt")
+        torch.save({"params": flat_params(srft), **engine_state(srft)}, f"{out}/{scenario}_rank{rank}.pt")
 
     # SRFT state is not a module buffer: DDP (broadcast_buffers=True) must leave a rank-local change alone
     srft_buffers = len(list(model.module.buffers())) - len(list(model.module.base_model.buffers()))

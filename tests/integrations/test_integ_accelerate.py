@@ -50,18 +50,22 @@ def two_processes(tmp_path_factory):
     return out
 
 
-def _single_process(apply: str) -> dict:
+def _single_process(scenario: str) -> dict:
+    from _integ_dist_worker import SCENARIOS
     from accelerate import Accelerator
 
-    srft = make_hf_srft(apply, estimate=False, total_steps=STEPS)
+    apply, overrides = SCENARIOS[scenario]
+    srft = make_hf_srft(apply, estimate=False, total_steps=STEPS, **overrides)
     srft.estimate_prior(calibration_batches(), progress=False)
     train(Accelerator(cpu=True), srft, STEPS, 8, micro=8)
     return {"params": flat_params(srft), **engine_state(srft)}
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("apply", ["grad", "loss"])
+@pytest.mark.parametrize("apply", ["grad", "loss", "decoupled", "proximal"])
 def test_two_processes_identical_and_equal_to_one_process(two_processes, accelerate_state, apply):
+    """Bit-identical ranks and one process's result, in both apply modes and under the post-step prior applications
+    (which read only weights, anchors, lr and step: the same on every rank)."""
     ranks = [_load(f"{two_processes}/{apply}_rank{r}.pt") for r in range(2)]
     assert ranks[0].keys() == ranks[1].keys()
     assert int(ranks[0]["step"]) == STEPS
