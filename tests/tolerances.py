@@ -44,3 +44,16 @@ def assert_close32(actual: torch.Tensor, expected: torch.Tensor, reduction_size:
     rtol = float32_rtol(reduction_size, depth)
     atol = rtol * float(expected.detach().abs().max()) if expected.numel() else 0.0
     torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol, atol=atol, msg=msg)
+
+
+def adam_trajectory_tolerance(reduction_size: int, depth: int, steps: int, lr: float) -> dict[str, float]:
+    """``rtol`` and ``atol`` for parameters after ``steps`` Adam(W) updates whose gradients come from two different
+    float32 computations: each gradient is off by ``rtol = float32_rtol(reduction_size, depth)`` relative, and an update
+    ``lr * m / sqrt(v)`` by at most ``lr`` times that, so the parameters by ``atol = steps * lr * rtol``.
+
+    >>> tol = adam_trajectory_tolerance(64, depth=16, steps=6, lr=1e-2)
+    >>> f"{tol['rtol']:.1e} {tol['atol']:.1e}"
+    '1.2e-04 7.3e-06'
+    """
+    rtol = float32_rtol(reduction_size, depth)
+    return {"rtol": rtol, "atol": steps * lr * rtol}

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tolerances import adam_trajectory_tolerance
 from torch import nn
 
 from srft_peft import SRFTConfig, get_srft_model
 
 STEPS = 4
+# inductor fuses and reorders the float32 reductions (widths <= 16, the batch of 16; fc1, LayerNorm, fc2 and the loss,
+# forward and backward: depth 12) of the AdamW run (lr 1e-2)
+TRAJECTORY = adam_trajectory_tolerance(16, depth=12, steps=STEPS, lr=1e-2)
 
 
 class Net(nn.Module):
@@ -68,11 +72,11 @@ def _run(apply: str, compile_what: str | None) -> torch.Tensor:
 def test_compiled_model_wrapped_by_srft_trains_like_eager(compile_available, apply):
     eager = _run(apply, None)
     compiled = _run(apply, "base")
-    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled, eager, **TRAJECTORY)
     assert (eager - _run(apply, None)).abs().max() == 0  # eager itself is deterministic
 
 
 def test_compiled_srft_model_trains_like_eager(compile_available):
     eager = _run("loss", None)
     compiled = _run("loss", "wrapper")
-    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled, eager, **TRAJECTORY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -280,9 +281,11 @@ def test_dual_stream_from_rgb_copies_weights_exactly(rgb_model):
 
 def test_dual_stream_wiring_matches_hand_computation(rgb_model):
     """With X = RGB both streams are identical, so joint attention over [r; r] equals attention over r and the model
-    must equal the RGB model with each fusion layer's block applied twice (fusion.i is a copy of block i, after i)."""
+    must equal the RGB model with each fusion layer's block applied twice (fusion.i is a copy of block i, after i).
+    In float64: attention over [r; r] and over r are other reductions (twice the length)."""
+    rgb_model = copy.deepcopy(rgb_model).double()
     dual = OSTrackRGBX.from_rgb(rgb_model, "dual_stream", fusion_layers=(1, 3)).eval()
-    z, x = inputs(c=3)
+    z, x = (t.double() for t in inputs(c=3))
     bb = rgb_model.backbone
     with torch.no_grad():
         tok = bb.embed(z, x)
@@ -294,15 +297,16 @@ def test_dual_stream_wiring_matches_hand_computation(rgb_model):
         score, size, offset = rgb_model.box_head(tok.transpose(1, 2).reshape(2, -1, 4, 4))
         out = dual(torch.cat([z, z], 1), torch.cat([x, x], 1))
         plain = rgb_model(z, x)
-    torch.testing.assert_close(out.score_map, score, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(out.size_map, size, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(out.offset_map, offset, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.score_map, score, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(out.size_map, size, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(out.offset_map, offset, atol=1e-12, rtol=1e-10)
     assert not torch.allclose(out.offset_map, plain.offset_map, atol=1e-4)  # the fusion blocks do act
 
 
 def test_identity_fusion_init_reproduces_the_rgb_model_then_trains(rgb_model):
     """fusion_init="identity": fed [rgb, rgb], the dual-stream model equals the RGB model exactly; fed [rgb, x] the X
-    stream still contributes; the zeroed projections get gradients, so the fusion blocks can learn."""
+    stream still contributes; the zeroed projections get gradients, so the fusion blocks can learn. Compared in float64:
+    the joint attention over [r; r] reduces over twice the tokens of the RGB model's."""
     dual = OSTrackRGBX.from_rgb(rgb_model, "dual_stream", fusion_init="identity").eval()
     rgb_sd, dual_sd = rgb_model.state_dict(), dual.state_dict()
     for i in dual.config.fusion_layers:
@@ -313,10 +317,12 @@ def test_identity_fusion_init_reproduces_the_rgb_model_then_trains(rgb_model):
             assert torch.equal(value, torch.zeros_like(value) if zeroed else block[name]), name
     z, x = inputs(c=3)
     with torch.no_grad():
-        out, plain = dual(torch.cat([z, z], 1), torch.cat([x, x], 1)), rgb_model(z, x)
         other = dual(*inputs(c=6))
+        dual64 = copy.deepcopy(dual).double()
+        z, x = z.double(), x.double()
+        out, plain = dual64(torch.cat([z, z], 1), torch.cat([x, x], 1)), copy.deepcopy(rgb_model).double()(z, x)
     for key in ("score_map", "size_map", "offset_map", "pred_boxes"):
-        torch.testing.assert_close(out[key], plain[key], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out[key], plain[key], atol=1e-12, rtol=1e-10)
     assert not torch.allclose(other.score_map, rgb_model(*inputs(c=6)).score_map)  # X is used
     dual.train()
     dual(*inputs(), search_box=torch.tensor([[0.3, 0.3, 0.3, 0.3]] * 2)).loss.backward()
