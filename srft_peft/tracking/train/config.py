@@ -13,7 +13,11 @@ Choices of the fine-tuning recipe (each a field):
   RGB meaning; see :func:`~srft_peft.tracking.train.methods.prior_scope_fields`).
 * AdamW with ``weight_decay=0`` on the parameters SRFT regularizes (decay would pull them toward 0 instead of toward
   the pretrained weights theta0) and ``weight_decay`` on the other trainable parameters (all of them for ``full``,
-  ``prompt``, ``lora``); one learning rate for all trainable parameters, cosine decay to 0 after ``warmup_steps``.
+  ``prompt``, ``lora``); the parameters named ``backbone*`` at ``backbone_lr_multiplier`` times the learning rate,
+  cosine decay to 0 or OSTrack's step schedule (``lr_schedule``) after ``warmup_steps``.
+* ``preset``: the recipe fields left at None (augmentations, learning rates, drop path, schedule, candidate-elimination
+  warm-up, the tracker's CE preset, jitter) take the preset's values: ``demo`` (the CPU demo's), ``ostrack256-ce``
+  (OSTrack's), ``vipt-rgbt`` (ViPT's); :data:`RECIPE_PRESETS`, sources in :data:`RECIPE_SOURCES`.
 * ``clip_order``: gradients are clipped to ``grad_clip`` (OSTrack: 0.1) after the prior gradient is added
   (``"total"``, default: the nominal lambda is the effective one, and EWC / L2-SP, whose penalty enters the same way,
   are clipped alike) or before (``"task"``, the first recipe's order).
