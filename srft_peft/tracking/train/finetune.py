@@ -479,7 +479,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
         if step % cfg.log_every == 0 or step == cfg.steps:
             mean_loss = accelerator.reduce(loss_sum / loss_count, reduction="mean")
             last_loss = float(mean_loss)
-            logs = {"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0]}
+            logs = {"train/loss": last_loss, "train/lr": max(scheduler.get_last_lr())}  # the base (head) lr
             if srft is not None:
                 with torch.no_grad():
                     logs["srft/kappa"] = srft.kappa
