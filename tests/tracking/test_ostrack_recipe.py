@@ -353,3 +353,14 @@ def test_the_docs_table_shows_the_preset_values():
                 assert number == pytest.approx(value, rel=2e-3), (preset, name, shown)  # 3 significant digits
             else:
                 assert f"`{value}`" in shown, (preset, name, shown)
+
+
+def test_command_line_flags_reach_the_recipe():
+    from srft_peft.tracking.train.cli import build_parser, config_from_args
+
+    args = build_parser("rgbt").parse_args(["--preset", "ostrack256-ce", "--pretrained", "OSTrack_ep0300.pth.tar",
+                                            "--drop-path", "0.2", "--lr-schedule", "cosine", "--flip-prob", "0"])
+    recipe = config_from_args(args).recipe
+    assert recipe["drop_path"] == 0.2 and recipe["lr_schedule"] == "cosine" and recipe["flip_prob"] == 0.0
+    assert recipe["backbone_lr_multiplier"] == 0.1 and recipe["tracker_preset"] == "ostrack256_ce"
+    assert config_from_args(build_parser("rgbt").parse_args([])).recipe == RECIPE_PRESETS["demo"]
