@@ -11,7 +11,7 @@ and the plots written to outputs/finetune_rgbe/plots.
     accelerate launch examples/finetune_rgbe.py --mixed-precision bf16  # accelerate (set up with accelerate config)
     accelerate launch --multi_gpu --num_processes 2 examples/finetune_rgbe.py   # 2 processes (gloo on CPU)
     python examples/finetune_rgbe.py --resume                          # continue from output_dir/checkpoints
-    python examples/finetune_rgbe.py --data-root /data/VisEvent --pretrained OSTrack_ep0300.pth.tar --variant base
+    python examples/finetune_rgbe.py --data-root /data/VisEvent --pretrained OSTrack_ep0300.pth.tar --preset ostrack256-ce
 
 All flags: --help. The code is srft_peft.tracking.train (finetune_rgbx); see docs/tracking.md.
 """

@@ -12,7 +12,7 @@ and the plots written to outputs/finetune_rgbt/plots.
     accelerate launch examples/finetune_rgbt.py --mixed-precision bf16  # accelerate (set up with accelerate config)
     accelerate launch --multi_gpu --num_processes 2 examples/finetune_rgbt.py   # 2 processes (gloo on CPU)
     python examples/finetune_rgbt.py --resume                          # continue from output_dir/checkpoints
-    python examples/finetune_rgbt.py --data-root /data/LasHeR --pretrained OSTrack_ep0300.pth.tar --variant base
+    python examples/finetune_rgbt.py --data-root /data/LasHeR --pretrained OSTrack_ep0300.pth.tar --preset ostrack256-ce
 
 All flags: --help. The code is srft_peft.tracking.train (finetune_rgbx); see docs/tracking.md.
 """

@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -219,8 +219,10 @@ def crop_tensor(
     std: Sequence[float] = IMAGENET_STD,
     pad: str = "zeros",
     exact: bool = True,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, tuple[float, float, float]]:
     """The model input: the crop around the box, normalised with ``mean``/``std`` (repeated for every 3 channels).
+    ``transform`` (training augmentation) maps the raw crop (C, S, S), values in 0..255, before the normalisation.
 
     Training pairs and the :class:`~srft_peft.tracking.tracker.Tracker` both call this, so they use the same window
     rule (sub-pixel by default), the same resampling and the same normalisation (no uint8 rounding in between).
@@ -237,6 +239,8 @@ def crop_tensor(
     """
     window = crop_window(box_xywh, search_area_factor, exact=exact)
     crop = crop_and_resize(image, window, output_size, pad=pad)
+    if transform is not None:
+        crop = transform(crop)
     reps, rem = divmod(crop.shape[0], 3)
     if rem or len(mean) != 3 or len(std) != 3:
         raise ValueError(f"crop_tensor needs a multiple of 3 channels and 3 mean/std values, got {crop.shape[0]} "

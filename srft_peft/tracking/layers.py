@@ -26,10 +26,12 @@ from timm.models.vision_transformer import Block
 #: (and the architecture registry), so an import back would be a cycle.
 TrackerConfig = Any
 
-__all__ = ["CenterHead", "ViTBackbone", "apply_block", "decode_center_maps", "drop_path_rates", "init_weights",
+__all__ = ["MAP_EPS", "CenterHead", "ViTBackbone", "apply_block", "decode_center_maps", "drop_path_rates", "init_weights",
            "make_block", "norm_layer", "restore_search"]
 
 norm_layer = partial(nn.LayerNorm, eps=1e-6)
+#: The CENTER head clamps its score and size maps to [MAP_EPS, 1 - MAP_EPS] (OSTrack's value).
+MAP_EPS = 1e-4
 
 
 def init_weights(module: nn.Module) -> None:
@@ -94,8 +96,9 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 class CenterHead(nn.Module):
     """OSTrack "CENTER" head: three branches of 4 conv-BN-ReLU (C -> c -> c/2 -> c/4 -> c/8) and a 1x1 conv.
 
-    Returns ``(score_map (B,1,Fs,Fs) in [1e-4, 1-1e-4], size_map (B,2,Fs,Fs) in (0,1), offset_map (B,2,Fs,Fs))``;
-    channel 0 of size/offset is x (width), channel 1 is y (height).
+    Returns ``(score_map (B,1,Fs,Fs), size_map (B,2,Fs,Fs), offset_map (B,2,Fs,Fs))``; the score and size maps are
+    sigmoids clamped to [1e-4, 1 - 1e-4], as OSTrack's ``CenterPredictor`` clamps both (``lib/models/layers/head.py``,
+    ``_sigmoid``). Channel 0 of size/offset is x (width), channel 1 is y (height).
     """
 
     branches = (("ctr", 1), ("size", 2), ("offset", 2))
@@ -114,8 +117,8 @@ class CenterHead(nn.Module):
         return x
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        score = torch.sigmoid(self._branch("ctr", feat)).clamp(1e-4, 1 - 1e-4)
-        size = torch.sigmoid(self._branch("size", feat))
+        score = torch.sigmoid(self._branch("ctr", feat)).clamp(MAP_EPS, 1 - MAP_EPS)
+        size = torch.sigmoid(self._branch("size", feat)).clamp(MAP_EPS, 1 - MAP_EPS)
         offset = self._branch("offset", feat)
         return score, size, offset
 
@@ -214,18 +217,21 @@ def apply_block(
     streams: list[torch.Tensor],
     kept: torch.Tensor | None,
     carried: list[torch.Tensor],
+    keep_ratio: tuple[float, ...] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor | None, list[torch.Tensor]]:
     """Block ``i`` of every stream; at a CE block, the search tokens that the template centre attends to least
     (attention averaged over the streams) are dropped from every stream and from ``carried`` token tensors.
 
-    ``kept`` (B, Ns') holds the original search indices of the tokens still there (None: CE off)."""
+    ``kept`` (B, Ns') holds the original search indices of the tokens still there (None: CE off). ``keep_ratio``: one
+    ratio per CE location (default ``cfg.ce_keep_ratio``; :attr:`OSTrackRGBX.ce_keep_ratio` during a keep-ratio
+    warm-up)."""
     if kept is None or i not in cfg.ce_locations:
         return [blk(t) for blk, t in zip(blocks, streams)], kept, carried
     rows = _ce_rows(cfg)
     n_z = cfg.template_feat_size**2
     halves = [attention_residual(blk, t, rows) for blk, t in zip(blocks, streams)]
     score = torch.stack([w[:, n_z:] for _, w in halves]).mean(dim=0)
-    ratio = cfg.ce_keep_ratio[cfg.ce_locations.index(i)]
+    ratio = (cfg.ce_keep_ratio if keep_ratio is None else keep_ratio)[cfg.ce_locations.index(i)]
     tensors, kept = eliminate([t for t, _ in halves] + carried, score, kept, n_z, ratio)
     n = len(streams)
     return [mlp_residual(blk, t) for blk, t in zip(blocks, tensors[:n])], kept, tensors[n:]

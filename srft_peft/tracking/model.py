@@ -345,6 +345,29 @@ class OSTrackRGBX(nn.Module):
             p.requires_grad_(roles[name] in arch.trained_roles)
 
     @property
+    def ce_keep_ratio(self) -> tuple[float, ...]:
+        """The keep ratios candidate elimination uses now: in training mode those of :meth:`set_ce_keep_ratio` (a
+        keep-ratio warm-up) when set, else ``config.ce_keep_ratio`` (always in eval mode, as OSTrack at inference)."""
+        override = getattr(self, "_ce_train_keep_ratio", None)
+        return override if self.training and override is not None else self.config.ce_keep_ratio
+
+    def set_ce_keep_ratio(self, ratios: tuple[float, ...] | None) -> None:
+        """Keep ratios (one per ``config.ce_locations`` entry, each in (0, 1]) for training-mode forwards, e.g. 1.0 early
+        in training (OSTrack-CE's warm-up keeps every token, then anneals to the configured ratio); None = the config's.
+
+        Example:
+            >>> m = OSTrackRGBX(TrackerConfig(variant="tiny", ce_locations=(1,), ce_keep_ratio=(0.7,)))
+            >>> m.set_ce_keep_ratio((1.0,)); m.train().ce_keep_ratio, m.eval().ce_keep_ratio
+            ((1.0,), (0.7,))
+        """
+        if ratios is not None:
+            ratios = tuple(float(r) for r in ratios)
+            if len(ratios) != len(self.config.ce_locations) or not all(0.0 < r <= 1.0 for r in ratios):
+                raise ValueError(f"set_ce_keep_ratio needs one ratio in (0, 1] per ce_locations entry "
+                                 f"{list(self.config.ce_locations)}, got {ratios!r}")
+        self._ce_train_keep_ratio = ratios
+
+    @property
     def architecture(self) -> TrackerArchitecture:
         """The registered architecture of ``config.mode`` (parameter roles, input channels, wiring)."""
         return get_architecture(self.config.mode)

@@ -26,12 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence as SequenceABC
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from .augment import adjust_pixels, draw_pair_augmentation, flip_crop
 from .crops import IMAGENET_MEAN, IMAGENET_STD, box_in_window, crop_tensor
 from .datasets import Sequence
 
@@ -49,6 +51,16 @@ class PairSamplingConfig:
     center_jitter: float = field(default=3.0, metadata={"help": "Search centre jitter factor (OSTrack: 3)."})
     scale_jitter: float = field(default=0.25, metadata={"help": "Search log-scale jitter std (OSTrack: 0.25)."})
     max_gap: int = field(default=200, metadata={"help": "Largest frame gap between template and search frames."})
+    flip_prob: float = field(
+        default=0.0, metadata={"help": "Horizontal flip of template and search together (OSTrack: 0.5); see "
+                               "srft_peft.tracking.augment. 0 = off."})
+    crop_flip_prob: float = field(
+        default=0.0, metadata={"help": "A further horizontal flip of each crop on its own (OSTrack: 0.5). 0 = off."})
+    gray_prob: float = field(
+        default=0.0, metadata={"help": "RGB channels of both crops to gray (OSTrack: 0.05). 0 = off."})
+    brightness_jitter: float = field(
+        default=0.0, metadata={"help": "Each crop's pixels times a factor uniform in [max(0, 1 - b), 1 + b] (OSTrack: "
+                               "0.2). 0 = off."})
     rgb_only: bool = field(default=False, metadata={"help": "Use only the RGB channels (C = 3 instead of 6)."})
     seed: int = field(default=0, metadata={"help": "Base seed; item i of epoch e uses the RNG seeded (seed, e, i)."})
     mean: tuple[float, float, float] = field(
@@ -69,6 +81,13 @@ class PairSamplingConfig:
         for name in ("center_jitter", "scale_jitter"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"PairSamplingConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("flip_prob", "crop_flip_prob", "gray_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"PairSamplingConfig.{name} must be a probability in [0, 1], got {value!r}")
+        b = self.brightness_jitter
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < float("inf"):
+            raise ValueError(f"PairSamplingConfig.brightness_jitter must be a finite number >= 0, got {b!r}")
         if not isinstance(self.max_gap, (int, np.integer)) or self.max_gap < 0:
             raise ValueError(f"PairSamplingConfig.max_gap must be a non-negative integer, got {self.max_gap!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -89,7 +108,9 @@ class TrackingPairDataset(Dataset):
     Each item is a dict of
     ``template`` float32 ``(C, Tz, Tz)``, ``search`` float32 ``(C, Tx, Tx)`` (ImageNet-normalised, C = 6 or 3),
     ``template_box`` and ``search_box`` float32 ``(4,)``: the target box in the crop as top-left ``x, y, w, h``
-    normalised to [0, 1] by the crop side.
+    normalised to [0, 1] by the crop side. With ``flip_prob`` / ``crop_flip_prob`` / ``gray_prob`` /
+    ``brightness_jitter`` the crops get OSTrack's augmentations (:mod:`srft_peft.tracking.augment`), drawn from the
+    item's RNG after the frames and the jitter (all 0, the default: nothing is drawn, the pairs are unchanged).
 
     Example:
         >>> ds = TrackingPairDataset(seqs, samples_per_epoch=2000, seed=1)  # doctest: +SKIP
@@ -160,22 +181,23 @@ class TrackingPairDataset(Dataset):
         k, t, s = self._sample_frames(rng)
         seq = self.sequences[k]
         t_box, s_box = seq.gt[t], seq.gt[s]
-        norm = {"mean": cfg.mean, "std": cfg.std}
+        s_jittered = self.jitter_box(s_box, rng)
+        aug = draw_pair_augmentation(rng, cfg.flip_prob, cfg.crop_flip_prob, cfg.gray_prob, cfg.brightness_jitter)
+        item = {}
         # The same crop function (sub-pixel window, bilinear, zero padding, normalisation) as the Tracker's.
         # Each modality is cropped with the same window (Sequence.load_images: no full-frame 6-channel stack).
-        template, t_win = crop_tensor(
-            seq.load_images(t, rgb_only=cfg.rgb_only), t_box, cfg.template_factor, cfg.template_size, **norm
-        )
-        search, s_win = crop_tensor(
-            seq.load_images(s, rgb_only=cfg.rgb_only), self.jitter_box(s_box, rng), cfg.search_factor,
-            cfg.search_size, **norm
-        )
-        return {
-            "template": template,
-            "search": search,
-            "template_box": torch.from_numpy(box_in_window(t_box, t_win, clip=True).astype(np.float32)),
-            "search_box": torch.from_numpy(box_in_window(s_box, s_win, clip=True).astype(np.float32)),
-        }
+        for j, (name, frame, box, crop_box, factor, size) in enumerate((
+                ("template", t, t_box, t_box, cfg.template_factor, cfg.template_size),
+                ("search", s, s_box, s_jittered, cfg.search_factor, cfg.search_size))):
+            pixels = None if aug is None else partial(adjust_pixels, gray=aug.gray, brightness=aug.brightness[j])
+            crop, window = crop_tensor(seq.load_images(frame, rgb_only=cfg.rgb_only), crop_box, factor, size,
+                                       mean=cfg.mean, std=cfg.std, transform=pixels)
+            box_in_crop = box_in_window(box, window, clip=True)
+            if aug is not None and aug.flip[j]:
+                crop, box_in_crop = flip_crop(crop, box_in_crop)
+            item[name] = crop
+            item[f"{name}_box"] = torch.from_numpy(box_in_crop.astype(np.float32))
+        return {key: item[key] for key in ("template", "search", "template_box", "search_box")}
 
 
 def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

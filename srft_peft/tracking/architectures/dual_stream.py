@@ -64,7 +64,8 @@ class DualStreamArchitecture(TrackerArchitecture):
         tokens = bb.embed(template[:, :3], search[:, :3])
         t_x = bx.embed(template[:, 3:], search[:, 3:])
         for i, (blk_rgb, blk_x) in enumerate(zip(bb.blocks, bx.blocks)):
-            (tokens, t_x), kept, _ = apply_block(model.config, i, [blk_rgb, blk_x], [tokens, t_x], kept, [])
+            (tokens, t_x), kept, _ = apply_block(model.config, i, [blk_rgb, blk_x], [tokens, t_x], kept, [],
+                                                   model.ce_keep_ratio)
             key = str(i)
             if key in model.fusion:
                 n = tokens.shape[1]

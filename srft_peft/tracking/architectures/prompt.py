@@ -78,5 +78,6 @@ class PromptArchitecture(TrackerArchitecture):
             key = str(i)
             if key in prompt.blocks:
                 tokens = tokens + prompt.blocks[key](tokens, x_tokens)
-            (tokens,), kept, (x_tokens,) = apply_block(model.config, i, [blk], [tokens], kept, [x_tokens])
+            (tokens,), kept, (x_tokens,) = apply_block(model.config, i, [blk], [tokens], kept, [x_tokens],
+                                                   model.ce_keep_ratio)
         return bb.norm(tokens), kept

@@ -25,5 +25,5 @@ class RGBArchitecture(TrackerArchitecture):
         bb = model.backbone
         tokens = bb.embed(template[:, :3], search[:, :3])
         for i, blk in enumerate(bb.blocks):
-            (tokens,), kept, _ = apply_block(model.config, i, [blk], [tokens], kept, [])
+            (tokens,), kept, _ = apply_block(model.config, i, [blk], [tokens], kept, [], model.ce_keep_ratio)
         return bb.norm(tokens), kept

@@ -10,7 +10,7 @@ from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
 
-from .config import CLIP_ORDERS, FinetuneConfig
+from .config import CLIP_ORDERS, LR_SCHEDULES, RECIPE_PRESETS, FinetuneConfig
 from .evaluate import format_results_table
 from .finetune import finetune_rgbx
 from .methods import METHODS, PRIOR_SCOPES
@@ -18,7 +18,12 @@ from .methods import METHODS, PRIOR_SCOPES
 __all__ = ["build_parser", "config_from_args", "finetune_main", "parse_override"]
 
 CHOICES = {"method": METHODS, "mixed_precision": ("no", "bf16", "fp16"), "clip_order": CLIP_ORDERS,
-           "prior_scope": PRIOR_SCOPES}
+           "prior_scope": PRIOR_SCOPES, "preset": tuple(RECIPE_PRESETS), "lr_schedule": LR_SCHEDULES}
+#: Fields parsed as floats (those whose default None says nothing about the type included).
+FLOAT_FIELDS = ("lr", "lora_alpha", "weight_decay", "grad_clip", "center_jitter", "scale_jitter", "kappa_horizon",
+                "save_every_minutes", "flip_prob", "crop_flip_prob", "gray_prob", "brightness_jitter",
+                "backbone_lr_multiplier", "drop_path", "lr_drop_at", "lr_drop_factor", "ce_start_fraction",
+                "ce_warm_fraction")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -58,10 +63,8 @@ def build_parser(modality: str = "rgbt", description: str | None = None) -> argp
         elif f.name == "resume":
             kwargs.update(nargs="?", const="latest")
         else:
-            kinds = {"lr": float, "lora_alpha": float, "weight_decay": float, "grad_clip": float,
-                     "center_jitter": float, "scale_jitter": float, "kappa_horizon": float, "save_every_minutes": float}
-            if f.name in kinds:
-                kwargs["type"] = kinds[f.name]
+            if f.name in FLOAT_FIELDS:
+                kwargs["type"] = float
             elif isinstance(default, int) or f.name in ("eval_sequences", "eval_frames", "template_size",
                                                          "search_size", "num_threads", "val_sequences", "num_workers"):
                 kwargs["type"] = int

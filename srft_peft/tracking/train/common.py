@@ -15,8 +15,8 @@ import torch.nn as nn
 
 from ..sampling import collate
 
-__all__ = ["collate_rgb_as_rgbx", "configure_threads", "cosine_lr_lambda", "pair_loss", "progress_bar",
-           "rgb_as_rgbx", "set_seed", "to_device"]
+__all__ = ["ce_keep_ratio_at", "collate_rgb_as_rgbx", "configure_threads", "cosine_lr_lambda", "lr_lambda", "pair_loss",
+           "progress_bar", "rgb_as_rgbx", "set_seed", "step_lr_lambda", "to_device"]
 
 
 def progress_bar(iterable: Any = None, enabled: bool = True, **kwargs: Any) -> Any:
@@ -37,6 +37,54 @@ def cosine_lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return fn
+
+
+def step_lr_lambda(warmup: int, total: int, drop_at: float, factor: float) -> Callable[[int], float]:
+    """The learning-rate factor of step ``step`` under OSTrack's step schedule: linear warm-up over ``warmup`` steps,
+    then 1, times ``factor`` from step ``round(drop_at * total)`` on (OSTrack: ``StepLR`` by 0.1 at epoch 240 of 300).
+
+    Example:
+        >>> fn = step_lr_lambda(0, 100, 0.8, 0.1)
+        >>> fn(79), fn(80)
+        (1.0, 0.1)
+    """
+    drop = round(drop_at * total)
+
+    def fn(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        return factor if step >= drop else 1.0
+
+    return fn
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, drop_at: float = 0.8, factor: float = 0.1) -> Callable[[int], float]:
+    """:func:`cosine_lr_lambda` (``schedule="cosine"``) or :func:`step_lr_lambda` (``"step"``)."""
+    if schedule == "cosine":
+        return cosine_lr_lambda(warmup, total)
+    if schedule == "step":
+        return step_lr_lambda(warmup, total, drop_at, factor)
+    raise ValueError(f"schedule must be 'cosine' or 'step', got {schedule!r}")
+
+
+def ce_keep_ratio_at(step: int, total: int, start_fraction: float, warm_fraction: float,
+                     ratios: tuple[float, ...]) -> tuple[float, ...]:
+    """Candidate-elimination keep ratios at optimizer step ``step`` of ``total`` under OSTrack-CE's warm-up
+    (``lib/utils/ce_utils.py``, ``adjust_keep_rate``): 1 (every token kept) before ``start = start_fraction * total``,
+    ``ratios`` from ``start + warm_fraction * total`` on, and in between each ratio r rises back along half a cosine,
+    ``r + (1 - r) (1 + cos(pi (step - start) / warm)) / 2``.
+
+    Example:
+        >>> ce_keep_ratio_at(0, 300, 20 / 300, 80 / 300, (0.7,)), ce_keep_ratio_at(60, 300, 20 / 300, 80 / 300, (0.7,))
+        ((1.0,), (0.85,))
+    """
+    start, warm = start_fraction * total, warm_fraction * total
+    if step < start:
+        return tuple(1.0 for _ in ratios)
+    if step >= start + warm:
+        return tuple(ratios)
+    keep = (1.0 + math.cos(math.pi * (step - start) / warm)) / 2
+    return tuple(r + (1.0 - r) * keep for r in ratios)
 
 
 def configure_threads(num_threads: int | None, device: torch.device) -> None:

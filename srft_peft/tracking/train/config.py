@@ -13,7 +13,11 @@ Choices of the fine-tuning recipe (each a field):
   RGB meaning; see :func:`~srft_peft.tracking.train.methods.prior_scope_fields`).
 * AdamW with ``weight_decay=0`` on the parameters SRFT regularizes (decay would pull them toward 0 instead of toward
   the pretrained weights theta0) and ``weight_decay`` on the other trainable parameters (all of them for ``full``,
-  ``prompt``, ``lora``); one learning rate for all trainable parameters, cosine decay to 0 after ``warmup_steps``.
+  ``prompt``, ``lora``); the parameters named ``backbone*`` at ``backbone_lr_multiplier`` times the learning rate,
+  cosine decay to 0 or OSTrack's step schedule (``lr_schedule``) after ``warmup_steps``.
+* ``preset``: the recipe fields left at None (augmentations, learning rates, drop path, schedule, candidate-elimination
+  warm-up, the tracker's CE preset, jitter) take the preset's values: ``demo`` (the CPU demo's), ``ostrack256-ce``
+  (OSTrack's), ``vipt-rgbt`` (ViPT's); :data:`RECIPE_PRESETS`, sources in :data:`RECIPE_SOURCES`.
 * ``clip_order``: gradients are clipped to ``grad_clip`` (OSTrack: 0.1) after the prior gradient is added
   (``"total"``, default: the nominal lambda is the effective one, and EWC / L2-SP, whose penalty enters the same way,
   are clipped alike) or before (``"task"``, the first recipe's order).
@@ -27,6 +31,7 @@ Choices of the fine-tuning recipe (each a field):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +40,8 @@ from ..datasets import demo_datasets
 from ..model import FUSION_INITS, PRESETS
 from .methods import METHODS, PRIOR_SCOPES, SRFT_METHODS, method_srft_config
 
-__all__ = ["CLIP_ORDERS", "DEFAULT_LR", "MODALITY_DATASETS", "FinetuneConfig", "PretrainConfig"]
+__all__ = ["CLIP_ORDERS", "DEFAULT_LR", "LR_SCHEDULES", "MODALITY_DATASETS", "RECIPE_FIELDS", "RECIPE_PRESETS",
+           "RECIPE_SOURCES", "FinetuneConfig", "PretrainConfig"]
 
 DEFAULT_LR = {"prompt": 1e-3, "lora": 1e-3}  # PEFT methods train few, freshly initialised weights
 DEFAULT_FULL_LR = 2e-4
@@ -45,6 +51,38 @@ CLIP_ORDERS = ("total", "task")
 TINY_SIZES = (32, 64)  # template / search crop of the CPU demo tracker (4 + 16 tokens at patch 16)
 OSTRACK_JITTER = (3.0, 0.25)  # OSTrack's search-region centre / scale jitter
 DEMO_JITTER = (1.5, 0.5)  # the demo tracker's: centre jitter halved, scale jitter doubled (see PretrainConfig)
+LR_SCHEDULES = ("cosine", "step")
+
+#: The recipe fields a preset sets (a field left at None takes its preset's value; see FinetuneConfig.recipe).
+RECIPE_FIELDS = ("lr", "backbone_lr_multiplier", "drop_path", "lr_schedule", "lr_drop_at", "lr_drop_factor",
+                 "flip_prob", "crop_flip_prob", "gray_prob", "brightness_jitter", "ce_start_fraction",
+                 "ce_warm_fraction", "tracker_preset", "center_jitter", "scale_jitter")
+_OSTRACK_AUGMENT = {"flip_prob": 0.5, "crop_flip_prob": 0.5, "gray_prob": 0.05, "brightness_jitter": 0.2}
+_OSTRACK_OPTIM = {"lr": 4e-4, "backbone_lr_multiplier": 0.1, "drop_path": 0.1, "lr_schedule": "step",
+                  "lr_drop_factor": 0.1, "tracker_preset": "ostrack256_ce", "center_jitter": OSTRACK_JITTER[0],
+                  "scale_jitter": OSTRACK_JITTER[1]}
+#: Recipe presets (FinetuneConfig.preset). Epoch counts of the sources become fractions of ``steps``.
+#: None = the rule of the field's help (``lr``: the method's default; jitter: by tracker; ``tracker_preset``: none).
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {"lr": None, "backbone_lr_multiplier": 1.0, "drop_path": 0.0, "lr_schedule": "cosine", "lr_drop_at": 0.8,
+             "lr_drop_factor": 0.1, "flip_prob": 0.0, "crop_flip_prob": 0.0, "gray_prob": 0.0,
+             "brightness_jitter": 0.0, "ce_start_fraction": 0.0, "ce_warm_fraction": 0.0, "tracker_preset": None,
+             "center_jitter": None, "scale_jitter": None},
+    # experiments/ostrack/vitb_256_mae_ce_32x4_ep300.yaml: EPOCH 300, LR_DROP_EPOCH 240, CE_START_EPOCH 20,
+    # CE_WARM_EPOCH 80
+    "ostrack256-ce": {**_OSTRACK_OPTIM, **_OSTRACK_AUGMENT, "lr_drop_at": 240 / 300, "ce_start_fraction": 20 / 300,
+                      "ce_warm_fraction": 80 / 300},
+    # experiments/vipt/deep_rgbt.yaml: EPOCH 60, LR_DROP_EPOCH 48, CE_START_EPOCH 4, CE_WARM_EPOCH 16
+    "vipt-rgbt": {**_OSTRACK_OPTIM, **_OSTRACK_AUGMENT, "lr_drop_at": 48 / 60, "ce_start_fraction": 4 / 60,
+                  "ce_warm_fraction": 16 / 60},
+}
+#: Where each preset's values come from (shown in docs/tracking.md).
+RECIPE_SOURCES = {
+    "demo": "this project: the CPU demo's own recipe (the README numbers)",
+    "ostrack256-ce": "botaoye/OSTrack experiments/ostrack/vitb_256_mae_ce_32x4_ep300.yaml, lib/train/base_functions.py "
+                     "(augmentations, optimizer groups), lib/utils/ce_utils.py (keep-ratio warm-up)",
+    "vipt-rgbt": "jiawen-zhu/ViPT experiments/vipt/deep_rgbt.yaml, lib/train/base_functions.py",
+}
 
 
 @dataclass
@@ -116,7 +154,8 @@ class FinetuneConfig:
         default=None,
         metadata={"help": "OSTrack configuration of a --pretrained .pth.tar: " + ", ".join(sorted(PRESETS)) + " (the *_ce "
                   "presets add candidate elimination, as in vitb_256_mae_ce_32x4_ep300); replaces --variant and the "
-                  "crop sizes. Default: --variant / --template-size / --search-size, no candidate elimination."},
+                  "crop sizes. Default: the --preset's (ostrack256-ce, vipt-rgbt: ostrack256_ce), else --variant / "
+                  "--template-size / --search-size, no candidate elimination."},
     )
     allow_partial_load: bool = field(
         default=False,
@@ -140,13 +179,16 @@ class FinetuneConfig:
     steps: int = field(default=150, metadata={"help": "Optimizer steps."})
     batch_size: int = field(default=16, metadata={"help": "Pairs per process and micro-batch."})
     lr: float | None = field(
-        default=None, metadata={"help": "Learning rate; default 2e-4 (full, SRFT family) or 1e-3 (prompt, lora)."}
+        default=None, metadata={"help": "Learning rate (of the head, fusion and prompts; see backbone_lr_multiplier); "
+                                "default: the preset's (OSTrack / ViPT: 4e-4), with preset 'demo' 2e-4 (full, SRFT "
+                                "family) or 1e-3 (prompt, lora)."}
     )
     weight_decay: float = field(
         default=1e-4, metadata={"help": "AdamW weight decay of the parameters SRFT does not regularize (0 on those it "
                                 "does)."}
     )
-    warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps before the cosine."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps before the cosine or "
+                                                     "step schedule (OSTrack: none)."})
     grad_clip: float = field(default=0.1, metadata={"help": "Gradient-norm clip (OSTrack: 0.1); 0 = off."})
     clip_order: str = field(
         default="total",
@@ -169,13 +211,69 @@ class FinetuneConfig:
                   "from kappa_start to kappa_end (1 = kappa has the learning rate's cosine shape)."},
     )
     grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps (micro-batches per step)."})
+    preset: str = field(
+        default="demo",
+        metadata={"help": "Recipe preset: " + ", ".join(RECIPE_PRESETS) + ". It gives every recipe field left unset "
+                  "(None) its value: 'demo' is the CPU demo's recipe, 'ostrack256-ce' OSTrack's "
+                  "(vitb_256_mae_ce_32x4_ep300) and 'vipt-rgbt' ViPT's (deep_rgbt), epochs turned into fractions of "
+                  "--steps; those two need --pretrained (an OSTrack-CE checkpoint). Sources: docs/tracking.md."},
+    )
     center_jitter: float | None = field(
-        default=None, metadata={"help": "Search-centre jitter of the training pairs; default: the demo tracker's 1.5 "
-                                "with the demo tracker, OSTrack's 3 otherwise."}
+        default=None, metadata={"help": "Search-centre jitter of the training pairs; default: the preset's, else the "
+                                "demo tracker's 1.5 with the demo tracker, OSTrack's 3 otherwise."}
     )
     scale_jitter: float | None = field(
-        default=None, metadata={"help": "Search log-scale jitter; default: 0.5 with the demo tracker, OSTrack's 0.25 "
-                                "otherwise."}
+        default=None, metadata={"help": "Search log-scale jitter; default: the preset's, else 0.5 with the demo "
+                                "tracker, OSTrack's 0.25 otherwise."}
+    )
+    flip_prob: float | None = field(
+        default=None, metadata={"help": "Horizontal flip of template and search together (OSTrack: 0.5); default: the "
+                                "preset's (demo: 0)."}
+    )
+    crop_flip_prob: float | None = field(
+        default=None, metadata={"help": "A further horizontal flip of each crop on its own (OSTrack: 0.5; a crop ends "
+                                "flipped when exactly one of the two flips is drawn); default: the preset's (demo: 0)."}
+    )
+    gray_prob: float | None = field(
+        default=None, metadata={"help": "RGB channels of both crops to gray (OSTrack: 0.05); default: the preset's "
+                                "(demo: 0)."}
+    )
+    brightness_jitter: float | None = field(
+        default=None, metadata={"help": "Each crop times a brightness factor uniform in [1 - b, 1 + b] (OSTrack: 0.2); "
+                                "default: the preset's (demo: 0)."}
+    )
+    backbone_lr_multiplier: float | None = field(
+        default=None, metadata={"help": "Learning rate of the parameters named *backbone* (both ViT streams) = lr "
+                                "times this; the rest (fusion, prompts, head) trains at lr (OSTrack: 0.1); default: "
+                                "the preset's (demo: 1)."}
+    )
+    drop_path: float | None = field(
+        default=None, metadata={"help": "Stochastic depth of the ViT blocks, rising linearly to this rate at the last "
+                                "block, in training mode only (OSTrack: 0.1); default: the preset's (demo: 0)."}
+    )
+    lr_schedule: str | None = field(
+        default=None, metadata={"help": "Learning-rate shape after --warmup-steps: 'cosine' (to 0) or 'step' (constant, "
+                                "times --lr-drop-factor from --lr-drop-at on; OSTrack's); default: the preset's "
+                                "(demo: cosine)."}
+    )
+    lr_drop_at: float | None = field(
+        default=None, metadata={"help": "'step' schedule: fraction of the steps where the lr drops (OSTrack: 240 of 300 "
+                                "epochs = 0.8); default: the preset's."}
+    )
+    lr_drop_factor: float | None = field(
+        default=None, metadata={"help": "'step' schedule: the lr is multiplied by this at the drop (OSTrack: 0.1); "
+                                "default: the preset's."}
+    )
+    ce_start_fraction: float | None = field(
+        default=None, metadata={"help": "Candidate-elimination warm-up: every search token is kept for this fraction "
+                                "of the steps (OSTrack: 20 of 300 epochs), then the keep ratio anneals (cosine) to the "
+                                "tracker's ce_keep_ratio over --ce-warm-fraction; needs a CE tracker; default: the "
+                                "preset's (demo: 0)."}
+    )
+    ce_warm_fraction: float | None = field(
+        default=None, metadata={"help": "Fraction of the steps over which the keep ratio anneals from 1 to the "
+                                "tracker's (OSTrack: 80 of 300 epochs); 0 with ce_start_fraction 0 = fixed ratio; "
+                                "default: the preset's (demo: 0)."}
     )
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (fp16 needs a GPU)."})
     seed: int = field(default=0, metadata={"help": "Seed (model initialisation, pair sampling)."})
@@ -275,6 +373,7 @@ class FinetuneConfig:
         if self.tracker_preset is not None and self.tracker_preset not in PRESETS:
             raise ValueError(f"tracker_preset must be one of {sorted(PRESETS)} or None, got {self.tracker_preset!r}")
         self._check_recipe()
+        self._check_preset_fields()
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.report_to in ("none", ""):
@@ -301,6 +400,50 @@ class FinetuneConfig:
         if self.early_stopping and self.eval_every == 0:
             raise ValueError("early_stopping=True needs eval_every > 0 (validation during training), got eval_every=0")
 
+    def _check_preset_fields(self) -> None:
+        if self.preset not in RECIPE_PRESETS:
+            raise ValueError(f"preset must be one of {list(RECIPE_PRESETS)}, got {self.preset!r}")
+        if self.preset != "demo" and self.pretrained is None:
+            raise ValueError(f"preset={self.preset!r} is a ViT-B recipe: give pretrained (an OSTrack-CE .pth.tar, "
+                             "e.g. OSTrack_ep0300.pth.tar of vitb_256_mae_ce_32x4_ep300); the demo tracker uses "
+                             "preset='demo'")
+
+        def number(name: str, low: float, high: float, high_open: bool = False, low_open: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None:
+                return
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            ok = ok and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+            if not ok:
+                interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                raise ValueError(f"{name} must be a number in {interval} or None (the preset's), got {value!r}")
+
+        for name in ("flip_prob", "crop_flip_prob", "gray_prob", "ce_start_fraction", "ce_warm_fraction"):
+            number(name, 0.0, 1.0)
+        number("brightness_jitter", 0.0, 1.0)
+        number("drop_path", 0.0, 1.0, high_open=True)
+        number("backbone_lr_multiplier", 0.0, math.inf, low_open=True, high_open=True)
+        number("lr_drop_at", 0.0, 1.0, low_open=True)
+        number("lr_drop_factor", 0.0, 1.0, low_open=True)
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)} or None, got {self.lr_schedule!r}")
+        recipe = self.recipe
+        if recipe["ce_start_fraction"] + recipe["ce_warm_fraction"] > 1.0:
+            raise ValueError(f"ce_start_fraction + ce_warm_fraction must be <= 1, got {recipe['ce_start_fraction']!r} "
+                             f"+ {recipe['ce_warm_fraction']!r}")
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The recipe fields in effect: each field of :data:`RECIPE_FIELDS` that is set, else its ``preset``'s value.
+
+        Example:
+            >>> cfg = FinetuneConfig(preset="ostrack256-ce", pretrained="OSTrack_ep0300.pth.tar", drop_path=0.2)
+            >>> cfg.recipe["backbone_lr_multiplier"], cfg.recipe["drop_path"], cfg.recipe["lr_schedule"]
+            (0.1, 0.2, 'step')
+        """
+        preset = RECIPE_PRESETS[self.preset]
+        return {name: preset[name] if getattr(self, name) is None else getattr(self, name) for name in RECIPE_FIELDS}
+
     @property
     def method_srft_overrides(self) -> dict[str, Any]:
         """The recipe's SRFTConfig fields (kappa_horizon) for an SRFT-family method, then ``srft_overrides``."""
@@ -309,7 +452,9 @@ class FinetuneConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR.get(self.method, DEFAULT_FULL_LR)
+        """The base learning rate: ``lr``, else the preset's, else the method's default."""
+        lr = self.recipe["lr"]
+        return lr if lr is not None else DEFAULT_LR.get(self.method, DEFAULT_FULL_LR)
 
     @property
     def dataset_name(self) -> str:

@@ -35,9 +35,10 @@ from ..plots import plot_summaries
 from ..sampling import TrackingPairDataset, collate
 from .checkpoints import CheckpointRule, resume_point, save_checkpoint
 from .common import (
+    ce_keep_ratio_at,
     collate_rgb_as_rgbx,
     configure_threads,
-    cosine_lr_lambda,
+    lr_lambda,
     pair_loss,
     progress_bar,
     set_seed,
@@ -49,7 +50,7 @@ from .evaluate import evaluate_tracker, jsonable, scalars
 from .methods import SRFT_METHODS, build_finetune_model, method_srft_config, prior_scope_fields, tracker_of, uniform_prior
 from .pretrain import load_pretrained_rgb
 
-__all__ = ["Validation", "clip_gradients", "finetune_rgbx", "make_accelerator", "rgb_sequences"]
+__all__ = ["Validation", "clip_gradients", "finetune_rgbx", "make_accelerator", "optimizer_groups", "rgb_sequences"]
 
 
 def make_accelerator(cfg: FinetuneConfig, output_dir: Path) -> Any:
@@ -214,12 +215,64 @@ def _attach_prior(run: _Run, srft: SRFTModel, resume: tuple[Path, int] | None) -
     return f"estimated on {len(data)} RGB pairs ([rgb, rgb] input, tracking loss)"
 
 
-def _optimizer(cfg: FinetuneConfig, trainable: list[nn.Parameter], srft: SRFTModel | None) -> torch.optim.Optimizer:
-    """AdamW, no weight decay on the parameters SRFT regularizes (it would pull them toward 0, not theta0)."""
+def optimizer_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_multiplier: float = 1.0,
+                     srft: SRFTModel | None = None) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable parameters of ``model``: learning rate ``lr * backbone_lr_multiplier``
+    for those whose name contains ``backbone`` (both ViT streams; OSTrack's rule, ``lib/train/base_functions.py``)
+    and ``lr`` for the rest (fusion blocks, prompts, head), times weight decay 0 on the parameters SRFT regularizes
+    (decay would pull them toward 0, not theta0) and ``weight_decay`` on the others. Empty groups are left out.
+
+    Example:
+        >>> groups = optimizer_groups(model, 4e-4, 1e-4, backbone_lr_multiplier=0.1)  # doctest: +SKIP
+        >>> sorted({g["lr"] for g in groups})  # doctest: +SKIP
+        [4e-05, 0.0004]
+    """
     regularized = {id(t.param) for t in srft.regularized_targets} if srft is not None else set()
-    groups = [{"params": [p for p in trainable if id(p) in regularized], "weight_decay": 0.0},
-              {"params": [p for p in trainable if id(p) not in regularized], "weight_decay": cfg.weight_decay}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if backbone_lr_multiplier == 1.0:  # one learning rate: the two weight-decay groups only
+        by_lr = [(lr, [p for _, p in trainable])]
+    else:
+        by_lr = [(lr * backbone_lr_multiplier, [p for n, p in trainable if "backbone" in n]),
+                 (lr, [p for n, p in trainable if "backbone" not in n])]
+    groups = []
+    for group_lr, params in by_lr:
+        for decayed in (False, True):
+            chosen = [p for p in params if (id(p) not in regularized) == decayed]
+            if chosen:
+                groups.append({"params": chosen, "lr": group_lr, "weight_decay": weight_decay if decayed else 0.0})
+    return groups
+
+
+def _optimizer(cfg: FinetuneConfig, model: nn.Module, srft: SRFTModel | None) -> torch.optim.Optimizer:
+    groups = optimizer_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.recipe["backbone_lr_multiplier"], srft)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+
+
+def _lr_lambda(cfg: FinetuneConfig, scale: int = 1) -> Any:
+    """The run's learning-rate factor per scheduler step (``scale`` scheduler steps per optimizer step)."""
+    recipe = cfg.recipe
+    return lr_lambda(recipe["lr_schedule"], cfg.warmup_steps * scale, cfg.steps * scale, recipe["lr_drop_at"],
+                     recipe["lr_drop_factor"])
+
+
+def _ce_warmup(cfg: FinetuneConfig, model: nn.Module) -> Any:
+    """``set(step)``: apply the keep-ratio warm-up for optimizer step ``step`` to the tracker inside ``model``; None
+    when the recipe has no warm-up or the tracker no candidate elimination."""
+    recipe = cfg.recipe
+    if recipe["ce_start_fraction"] == 0 and recipe["ce_warm_fraction"] == 0:
+        return None
+    tracker = next(m for m in model.modules() if isinstance(m, OSTrackRGBX))
+    ratios = tracker.config.ce_keep_ratio
+    if not ratios:
+        warnings.warn("ce_start_fraction / ce_warm_fraction set but the tracker has no candidate elimination "
+                      "(ce_locations=()): no keep-ratio warm-up", stacklevel=3)
+        return None
+
+    def set_step(step: int) -> None:
+        tracker.set_ce_keep_ratio(ce_keep_ratio_at(step, cfg.steps, recipe["ce_start_fraction"],
+                                                   recipe["ce_warm_fraction"], ratios))
+
+    return set_step
 
 
 def _validation(run: _Run) -> Validation | None:
@@ -288,11 +341,12 @@ def _load_inputs(cfg: FinetuneConfig, output_dir: Path, accelerator: Any) -> _Ru
     rgb_model, pretrained_desc = load_pretrained_rgb(cfg.pretrained, cfg.variant, cfg.template_size, cfg.search_size,
                                                      progress=cfg.progress and accelerator.is_local_main_process,
                                                      allow_partial_load=cfg.allow_partial_load,
-                                                     preset=cfg.tracker_preset)
+                                                     preset=cfg.recipe["tracker_preset"])
     demo_tracker = cfg.pretrained is None
     default_jitter = DEMO_JITTER if demo_tracker else OSTRACK_JITTER
-    jitter = {"center_jitter": default_jitter[0] if cfg.center_jitter is None else cfg.center_jitter,
-              "scale_jitter": default_jitter[1] if cfg.scale_jitter is None else cfg.scale_jitter}
+    recipe = cfg.recipe
+    jitter = {"center_jitter": default_jitter[0] if recipe["center_jitter"] is None else recipe["center_jitter"],
+              "scale_jitter": default_jitter[1] if recipe["scale_jitter"] is None else recipe["scale_jitter"]}
     return _Run(cfg, output_dir, accelerator, splits, rgb_model, demo_tracker, jitter, pretrained_desc)
 
 
@@ -335,7 +389,8 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
 
     # --- the model of the method ------------------------------------------------------------------------------------
     set_seed(cfg.seed)
-    model = build_finetune_model(cfg.method, run.rgb_model, cfg.lora_r, cfg.lora_alpha, cfg.fusion_init).to(device)
+    model = build_finetune_model(cfg.method, run.rgb_model, cfg.lora_r, cfg.lora_alpha, cfg.fusion_init,
+                                 drop_path=cfg.recipe["drop_path"]).to(device)
     srft_cfg = _srft_config(run, model)
     srft: SRFTModel | None = None
     prior_desc = "none (no SRFT)"
@@ -350,16 +405,16 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     counts = {"total": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in trainable)}
 
     # --- optimizer, schedule, data loader ---------------------------------------------------------------------------
-    optimizer = _optimizer(cfg, trainable, srft)
+    optimizer = _optimizer(cfg, model, srft)
     procs = accelerator.num_processes
     # accelerate steps a prepared scheduler num_processes times per optimizer step
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_lr_lambda(cfg.warmup_steps * procs, cfg.steps * procs)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, procs))
+    ce_warmup = _ce_warmup(cfg, model)
+    augment = {k: cfg.recipe[k] for k in ("flip_prob", "crop_flip_prob", "gray_prob", "brightness_jitter")}
     train_data = TrackingPairDataset(run.splits.train,
                                      samples_per_epoch=cfg.steps * cfg.grad_accum * cfg.batch_size * procs,
                                      template_size=tcfg.template_size, search_size=tcfg.search_size, seed=cfg.seed,
-                                     **run.jitter)
+                                     **run.jitter, **augment)
     train_loader = make_loader(train_data, cfg, device, collate, _local_processes(accelerator), drop_last=True)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     if srft is not None:
@@ -405,6 +460,8 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     for batch in loader if step < cfg.steps else []:
+        if ce_warmup is not None:
+            ce_warmup(step)
         with accelerator.accumulate(model):
             loss = pair_loss(model, batch)
             accelerator.backward(loss)
@@ -422,7 +479,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
         if step % cfg.log_every == 0 or step == cfg.steps:
             mean_loss = accelerator.reduce(loss_sum / loss_count, reduction="mean")
             last_loss = float(mean_loss)
-            logs = {"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0]}
+            logs = {"train/loss": last_loss, "train/lr": max(scheduler.get_last_lr())}  # the base (head) lr
             if srft is not None:
                 with torch.no_grad():
                     logs["srft/kappa"] = srft.kappa
@@ -454,7 +511,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     save_tracker(final, output_dir / "model")
     if cfg.method == "lora":
         accelerator.unwrap_model(model).save_pretrained(str(output_dir / "adapter"))  # the last step's adapter
-    lr_factors = [cosine_lr_lambda(cfg.warmup_steps, cfg.steps)(t) for t in range(cfg.steps)]
+    lr_factors = [_lr_lambda(cfg)(t) for t in range(cfg.steps)]
     results: dict[str, Any] = {
         "method": cfg.method,
         "modality": cfg.modality,
@@ -473,6 +530,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
         "final_loss": last_loss,
         "parameters": counts,
         "config": cfg.to_dict(),
+        "recipe": cfg.recipe,
     }
     results = jsonable(_evaluate_all(run, final, results))
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -112,7 +112,8 @@ def uniform_prior(srft: SRFTModel) -> PriorSignificance:
 
 
 def build_finetune_model(
-    method: str, rgb_model: OSTrackRGBX, lora_r: int = 8, lora_alpha: float = 16.0, fusion_init: str = "identity"
+    method: str, rgb_model: OSTrackRGBX, lora_r: int = 8, lora_alpha: float = 16.0, fusion_init: str = "identity",
+    drop_path: float = 0.0,
 ) -> nn.Module:
     """The trainable model of ``method`` built from an RGB tracker (a new model; ``rgb_model`` is not changed).
 
@@ -120,10 +121,12 @@ def build_finetune_model(
     what that architecture trains (its ``trained_roles``). ``prompt``: ``OSTrackRGBX.from_rgb(rgb, "prompt")``;
     ``lora``: peft ``get_peft_model`` on the dual-stream model with :data:`LORA_TARGETS`; every other method:
     ``OSTrackRGBX.from_rgb(rgb, "dual_stream", fusion_init)`` (SRFT is wrapped around it by :func:`finetune_rgbx`).
+    ``drop_path``: the stochastic-depth rate of the new model's ViT blocks (``TrackerConfig.drop_path``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    model = OSTrackRGBX.from_rgb(rgb_model, METHOD_ARCHITECTURES.get(method, "dual_stream"), fusion_init=fusion_init)
+    model = OSTrackRGBX.from_rgb(rgb_model, METHOD_ARCHITECTURES.get(method, "dual_stream"), fusion_init=fusion_init,
+                                 drop_path=drop_path)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
