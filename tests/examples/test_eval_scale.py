@@ -140,3 +140,17 @@ def test_slow_validation_on_one_rank_neither_hangs_nor_changes_results(tiny_data
     standalone = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert standalone["num_processes"] == 2 and standalone["per_sequence"] == alone["per_sequence"]
     assert sorted(p.name for p in (tmp_path / "eval" / "saved").glob("*.txt")) == sorted(f"{s.name}.txt" for s in test)
+
+
+def test_evaluate_command_in_one_process_writes_what_evaluate_tracker_scores(tiny_data, tmp_path, accelerate_state,
+                                                                             capsys):
+    model = OSTrackRGBX.from_rgb(load_tracker(tiny_data["tracker"]), "dual_stream", fusion_init="identity")
+    save_tracker(model, tmp_path / "model")
+    code = evaluate_main(["--model", str(tmp_path / "model"), "--dataset", "rgbt234", "--root", str(tiny_data["rgbt"]),
+                          "--frames", "5", "--out", str(tmp_path / "eval"), "--name", "mine", "--no-progress"])
+    assert code == 0 and "mine on rgbt234 (1 sequences, 1 process(es))" in capsys.readouterr().out
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    seqs = [truncate_sequence(s, 5) for s in load_dataset("rgbt234", tiny_data["rgbt"] / "test")]
+    alone = evaluate_tracker(model, seqs, None, "cpu", progress=False)
+    assert results["per_sequence"] == alone["per_sequence"] and results["metrics"]["MSR"] == alone["MSR"]
+    assert (tmp_path / "eval" / "mine" / f"mine_{seqs[0].name}.txt").is_file()
