@@ -55,7 +55,7 @@ from .datasets import (
 )
 from .demo_data import DEMO_LAYOUTS, DemoConfig, default_demo_root, load_demo_dataset, make_demo_dataset
 from .demo_tracker import DEMO_TRACKER_DIR, demo_tracker_recipe, load_demo_rgb_tracker, write_demo_tracker
-from .evaluation import SequenceResult, load_results, run_tracker, save_result
+from .evaluation import SequenceResult, load_results, result_prefix, run_tracker, save_result
 from .losses import focal_loss, gaussian_heatmap, gaussian_radius, generalized_box_iou, giou_loss, tracking_loss
 from .metrics import (
     PROTOCOLS,
@@ -121,7 +121,7 @@ __all__ = [
     # the shipped demo RGB tracker (demo_tracker.py)
     "load_demo_rgb_tracker", "demo_tracker_recipe", "write_demo_tracker", "DEMO_TRACKER_DIR",
     # evaluation (evaluation.py, metrics.py, plots.py)
-    "run_tracker", "load_results", "save_result", "SequenceResult",
+    "run_tracker", "load_results", "result_prefix", "save_result", "SequenceResult",
     "evaluate_results", "PROTOCOLS", "Protocol", "precision_curve", "normalized_precision_curve", "success_curve",
     "auc", "long_term_precision_recall", "box_iou", "center_error", "normalized_center_error",
     "plot_success", "plot_precision", "plot_summaries",

@@ -611,6 +611,11 @@ class DatasetRecord:
         metadata={"help": "The layout the demo set of its modality is written in, and the data set a fine-tune of "
                           "that modality uses by default (one per modality)."},
     )
+    tracker_prefix: bool = field(
+        default=False,
+        metadata={"help": "Its official MATLAB toolkit reads a tracker's results as ``<tracker>_<seq>.txt`` (RGBT234, "
+                          "RGBT210, GTOT); otherwise ``<seq>.txt``. The result writers follow it."},
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or self.name != self.name.lower():
@@ -663,13 +668,14 @@ for _record in (
     DatasetRecord("lasher", load_lasher, PROTOCOLS["lasher"], "LasHeR toolkit (Li et al., TIP 2021)", "rgbt",
                   f"{_RGBT_LAYOUT}, visible.txt, infrared.txt, init.txt", demo=True),
     DatasetRecord("rgbt234", load_rgbt234, PROTOCOLS["rgbt234"], _RGBT234_SOURCE, "rgbt",
-                  f"{_RGBT_LAYOUT}, visible.txt, infrared.txt, init.txt"),
+                  f"{_RGBT_LAYOUT}, visible.txt, infrared.txt, init.txt", tracker_prefix=True),
     DatasetRecord("rgbt210", load_rgbt210, PROTOCOLS["rgbt210"],
                   "RGBT210 (Li et al., ACM MM 2017), a subset of RGBT234 scored by the same toolkit family with one "
                   "ground truth (PR / SR); not stated in REFERENCE.md, see docs/tracking.md", "rgbt",
-                  f"{_RGBT_LAYOUT}, init.txt"),
+                  f"{_RGBT_LAYOUT}, init.txt", tracker_prefix=True),
     DatasetRecord("gtot", load_gtot, PROTOCOLS["gtot"], "GTOT toolkit (Li et al., TIP 2016)", "rgbt",
-                  "<seq>/v/*.png, <seq>/i/*.png, groundTruth_v.txt, groundTruth_i.txt (corners), init.txt"),
+                  "<seq>/v/*.png, <seq>/i/*.png, groundTruth_v.txt, groundTruth_i.txt (corners), init.txt",
+                  tracker_prefix=True),
     DatasetRecord("depthtrack", load_depthtrack, PROTOCOLS["depthtrack"],
                   "DepthTrack / VOT long-term toolkit (Yan et al., ICCV 2021): precision, recall, F", "rgbd",
                   "<seq>/color/%08d.jpg, <seq>/depth/%08d.png (16-bit mm), groundtruth.txt", demo=True),

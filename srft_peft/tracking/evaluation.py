@@ -5,9 +5,10 @@ A tracker is any object with
 * ``initialize(image: np.ndarray[H, W, 6 or 3] uint8, box_xywh: np.ndarray) -> None`` and
 * ``track(image) -> tuple[np.ndarray box_xywh (4,), float confidence]``.
 
-Files written per sequence (``results_dir``): ``<seq>.txt`` (one ``x,y,w,h`` line per frame, the format of the
-LasHeR / RGBT234 / GTOT / VisEvent toolkits), ``<seq>_confidence.value`` (one confidence per line, DepthTrack /
-VOT long-term style) and ``<seq>_time.value`` (seconds per frame).
+Files written per sequence (``results_dir``): ``<prefix><seq>.txt`` (one ``x,y,w,h`` line per frame, the format of the
+LasHeR / RGBT234 / GTOT / VisEvent toolkits), ``<prefix><seq>_confidence.value`` (one confidence per line, DepthTrack /
+VOT long-term style) and ``<prefix><seq>_time.value`` (seconds per frame). ``prefix`` is empty unless the benchmark's
+MATLAB toolkit reads ``<tracker>_<seq>.txt`` (:func:`result_prefix`).
 
 Example:
     >>> results = run_tracker(tracker, seqs, results_dir="results/mytracker")  # doctest: +SKIP
@@ -24,9 +25,9 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from .datasets import Sequence, decode_text, read_boxes
+from .datasets import Sequence, decode_text, get_dataset, read_boxes
 
-__all__ = ["TrackerInterface", "SequenceResult", "run_tracker", "save_result", "load_results"]
+__all__ = ["TrackerInterface", "SequenceResult", "result_prefix", "run_tracker", "save_result", "load_results"]
 
 
 class TrackerInterface(Protocol):
@@ -53,6 +54,20 @@ def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return iterable
     return tqdm(iterable, **kwargs)
+
+
+def result_prefix(sequences: SequenceABC[Sequence], tracker_name: str) -> str:
+    """``"<tracker_name>_"`` when the toolkit of the sequences' dataset reads ``<tracker>_<seq>.txt``
+    (``DatasetRecord.tracker_prefix``: RGBT234, RGBT210, GTOT), else ``""``.
+
+    Example:
+        >>> import numpy as np
+        >>> seq = Sequence("car", ["0.jpg"], ["0.jpg"], np.ones((1, 4)), dataset="rgbt234")
+        >>> result_prefix([seq], "srft"), result_prefix([], "srft")
+        ('srft_', '')
+    """
+    datasets = {s.dataset for s in sequences if s.dataset}
+    return f"{tracker_name}_" if any(get_dataset(d).tracker_prefix for d in datasets) else ""
 
 
 def save_result(results_dir: str | Path, name: str, result: SequenceResult, times: np.ndarray | None = None) -> Path:
@@ -85,9 +100,9 @@ def _read_values(path: Path) -> np.ndarray:
 
 
 def load_results(
-    results_dir: str | Path, sequences: SequenceABC[Sequence] | SequenceABC[str]
+    results_dir: str | Path, sequences: SequenceABC[Sequence] | SequenceABC[str], prefix: str = ""
 ) -> dict[str, SequenceResult]:
-    """Read result files written by :func:`run_tracker` (or any toolkit-format ``<seq>.txt``) back.
+    """Read result files written by :func:`run_tracker` (or any toolkit-format ``<prefix><seq>.txt``) back.
 
     Confidences default to NaN and fps to NaN when their files are missing.
 
@@ -98,13 +113,13 @@ def load_results(
     out: dict[str, SequenceResult] = {}
     for seq in sequences:
         name = seq if isinstance(seq, str) else seq.name
-        path = results_dir / f"{name}.txt"
+        path = results_dir / f"{prefix}{name}.txt"
         if not path.is_file():
             raise FileNotFoundError(f"no result file for sequence {name!r}: {path}")
         boxes = read_boxes(path, absent_to_nan=False)
-        conf_path = results_dir / f"{name}_confidence.value"
+        conf_path = results_dir / f"{prefix}{name}_confidence.value"
         conf = _read_values(conf_path) if conf_path.is_file() else np.full(len(boxes), np.nan)
-        time_path = results_dir / f"{name}_time.value"
+        time_path = results_dir / f"{prefix}{name}_time.value"
         fps = math.nan
         if time_path.is_file():
             times = _read_values(time_path)
@@ -121,6 +136,7 @@ def run_tracker(
     progress: bool = True,
     rgb_only: bool = False,
     overwrite: bool = True,
+    prefix: str = "",
 ) -> dict[str, SequenceResult]:
     """One-pass evaluation: initialise on the first frame from the ground truth, then track every frame.
 
@@ -134,7 +150,8 @@ def run_tracker(
         results_dir: if given, write the toolkit-format files there.
         progress: show tqdm progress bars.
         rgb_only: feed ``(H, W, 3)`` RGB frames instead of ``(H, W, 6)`` RGB-X frames.
-        overwrite: if False and ``results_dir`` already has ``<seq>.txt`` of the right length, reuse it.
+        overwrite: if False and ``results_dir`` already has ``<prefix><seq>.txt`` of the right length, reuse it.
+        prefix: put before each file name (``"<tracker>_"`` where the toolkit needs it: :func:`result_prefix`).
 
     Returns:
         ``{sequence name: SequenceResult(boxes (N, 4), confidences (N,), fps)}``.
@@ -143,8 +160,8 @@ def run_tracker(
     sequences = list(sequences)
     bar = _progress(sequences, progress, desc="sequences", unit="seq")
     for seq in bar:
-        if results_dir is not None and not overwrite and (Path(results_dir) / f"{seq.name}.txt").is_file():
-            cached = load_results(results_dir, [seq.name])[seq.name]
+        if results_dir is not None and not overwrite and (Path(results_dir) / f"{prefix}{seq.name}.txt").is_file():
+            cached = load_results(results_dir, [seq.name], prefix)[seq.name]
             if len(cached.boxes) == len(seq):
                 results[seq.name] = cached
                 continue
@@ -176,7 +193,7 @@ def run_tracker(
         fps = (n - start) / total if total > 0 else math.inf
         result = SequenceResult(boxes, conf, fps)
         if results_dir is not None:
-            save_result(results_dir, seq.name, result, times)
+            save_result(results_dir, prefix + seq.name, result, times)
         results[seq.name] = result
         if progress and hasattr(bar, "set_postfix"):
             bar.set_postfix(fps=f"{fps:.1f}")

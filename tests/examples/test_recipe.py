@@ -195,9 +195,9 @@ def _script_validation(monkeypatch, scripted):
     """Validation SR values taken from ``scripted`` (test evaluations, which write results, stay real)."""
     real = finetune_module.evaluate_tracker
 
-    def fake(model, seqs, results_dir, device, progress, rgb_input=False):
-        if results_dir is not None:
-            return real(model, seqs, results_dir, device, progress, rgb_input)
+    def fake(model, seqs, results_dir, device, progress, rgb_input=False, **kwargs):
+        if results_dir.name != "validation_results":
+            return real(model, seqs, results_dir, device, progress, rgb_input, **kwargs)
         return {"SR": next(scripted), "PR": 0.0, "NPR": 0.0, "per_sequence": {}}
 
     monkeypatch.setattr(finetune_module, "evaluate_tracker", fake)

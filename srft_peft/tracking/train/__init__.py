@@ -7,7 +7,7 @@
 ``pretrain``   RGB pretraining of the demo tracker, its cache, the RGB tracker a fine-tune starts from
 ``finetune``   the fine-tuning loop under accelerate (clipping order, validation, early stopping)
 ``checkpoints`` trainer checkpoints and resumption
-``evaluate``   evaluation on RGB-X and on RGB ([rgb, rgb]) sequences, results table
+``evaluate``   evaluation on RGB-X and on RGB ([rgb, rgb]) sequences spread over processes, results table
 ``cli``        the examples' command line
 ============== =====================================================================================================
 

@@ -24,8 +24,9 @@ Choices of the fine-tuning recipe (each a field):
 * ``kappa_horizon``: kappa(t) reaches kappa_end after this fraction of the steps (1 = the lr's cosine shape).
 * Steps, not epochs: training draws ``steps * grad_accum * batch_size * num_processes`` pairs, item ``i`` seeded by
   ``(seed, i)``, so a run is deterministic given its seed and a resumed run skips exactly the batches already used.
-* Validation (``eval_every``) on the ``val`` split when the data has one; ``early_stopping`` keeps the weights of
-  the best validation SR for the test evaluation.
+* Validation (``eval_every``) on the ``val`` split when the data has one, or on ``val_from_train`` sequences taken
+  out of the training set; ``early_stopping`` keeps the weights of the best validation SR for the test evaluation.
+  Validation and the final test are spread over all processes (sequences balanced by frame count).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import SRFTConfig
-from ..datasets import demo_datasets
+from ..datasets import demo_datasets, get_dataset
 from ..model import FUSION_INITS, PRESETS
 from .methods import METHODS, PRIOR_SCOPES, SRFT_METHODS, method_srft_config
 
@@ -139,6 +140,17 @@ class FinetuneConfig:
     val_root: str | None = field(
         default=None, metadata={"help": "Validation split folder; default: the val/ split under the data root (or of "
                                 "the demo set) when there is one, else no validation."}
+    )
+    test_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Loader of the test set when it is another benchmark than the training set (e.g. train on "
+                  "lasher, test on rgbt234 with --test-root); same modality; default: --dataset."},
+    )
+    val_from_train: int = field(
+        default=0,
+        metadata={"help": "Take this many sequences out of the training set and validate on them (for data sets "
+                  "without a val split, such as LasHeR): evenly spaced in the name-sorted training list, the same on "
+                  "every run; their names go to output_dir/val_sequences.txt. 0 = off; not with --val-root."},
     )
     train_split_file: str | None = field(default=None, metadata={"help": "File listing training sequence names."})
     test_split_file: str | None = field(default=None, metadata={"help": "File listing test sequence names."})
@@ -358,7 +370,7 @@ class FinetuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("save_every", "keep_checkpoints", "warmup_steps", "eval_every"):
+        for name in ("save_every", "keep_checkpoints", "warmup_steps", "eval_every", "val_from_train"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -397,6 +409,14 @@ class FinetuneConfig:
         if self.val_sequences is not None and (isinstance(self.val_sequences, bool)
                                                or not isinstance(self.val_sequences, int) or self.val_sequences < 1):
             raise ValueError(f"val_sequences must be a positive integer or None, got {self.val_sequences!r}")
+        if self.val_from_train and self.val_root is not None:
+            raise ValueError(f"val_from_train={self.val_from_train} and val_root={self.val_root!r} both choose the "
+                             "validation sequences: give one")
+        if self.test_dataset is not None:
+            record = get_dataset(self.test_dataset)  # an unknown name lists the registered ones
+            if record.modality != self.modality:
+                raise ValueError(f"test_dataset {self.test_dataset!r} is {record.modality} data but the run is "
+                                 f"{self.modality}: choose a {self.modality} test set")
         if self.early_stopping and self.eval_every == 0:
             raise ValueError("early_stopping=True needs eval_every > 0 (validation during training), got eval_every=0")
 
@@ -459,6 +479,10 @@ class FinetuneConfig:
     @property
     def dataset_name(self) -> str:
         return self.dataset or MODALITY_DATASETS[self.modality]
+
+    @property
+    def test_dataset_name(self) -> str:
+        return self.test_dataset or self.dataset_name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEMO_DATA_VERSION", "default_num_workers", "make_loader",
            "DEMO_RGB", "DEMO_RGB_SPLITS", "SPLIT_FOLDERS", "RGBXSplits", "demo_rgb_root",
-           "demo_rgb_split", "load_rgb_split", "load_rgbx_splits", "resolve_split_root", "truncate_sequence"]
+           "demo_rgb_split", "load_rgb_split", "load_rgbx_splits", "resolve_split_root", "split_off_validation",
+           "truncate_sequence"]
 
 DEMO_DATA_VERSION = 2  # the demo data of a fine-tune without a data root, and of its RGB side with the demo tracker
 # The demo RGB set (make_demo_dataset parameters): where the shipped demo tracker was pretrained (pretrain), chosen (val)
@@ -109,10 +110,38 @@ def _optional_split(root: Path, loader: str) -> list[Sequence]:
         return []
 
 
+def split_off_validation(train: list[Sequence], count: int) -> tuple[list[Sequence], list[Sequence]]:
+    """``count`` validation sequences taken out of ``train``: evenly spaced in the name-sorted list (positions
+    ``floor((i + 1/2) n / count)``), so the choice depends on the names only; returns ``(train_rest, val)``.
+
+    Example:
+        >>> import numpy as np
+        >>> seqs = [Sequence(f"s{i}", ["f"], [], np.ones((1, 4)), modality="rgb") for i in range(6)]
+        >>> rest, val = split_off_validation(seqs, 2)
+        >>> [s.name for s in val], len(rest)
+        (['s1', 's4'], 4)
+    """
+    ordered = sorted(train, key=lambda s: s.name)
+    if not 0 < count < len(ordered):
+        raise ValueError(f"val_from_train must be between 1 and {len(ordered) - 1} (the training set has "
+                         f"{len(ordered)} sequences), got {count}")
+    picked = {ordered[(2 * i + 1) * len(ordered) // (2 * count)].name for i in range(count)}
+    return [s for s in train if s.name not in picked], [s for s in ordered if s.name in picked]
+
+
 def load_rgbx_splits(cfg: FinetuneConfig) -> RGBXSplits:
     """The train / validation / test sequences of ``cfg`` (the demo data v2 set of the modality, built if needed,
-    when no root is given). Validation: ``cfg.val_root``, else the ``val`` split under the data root when there is
-    one."""
+    when no root is given). Validation: ``cfg.val_from_train`` sequences taken out of the training set
+    (:func:`split_off_validation`), else ``cfg.val_root``, else the ``val`` split under the data root when there is
+    one. The test set is read with ``cfg.test_dataset_name``'s loader."""
+    splits = _load_rgbx_splits(cfg)
+    if cfg.val_from_train:
+        train, val = split_off_validation(splits.train, cfg.val_from_train)
+        return RGBXSplits(train, val, splits.test, splits.description)
+    return splits
+
+
+def _load_rgbx_splits(cfg: FinetuneConfig) -> RGBXSplits:
     if cfg.data_root is None and cfg.train_root is None and cfg.test_root is None:
         root = make_demo_dataset(demo_set_root(cfg.modality, DEMO_DATA_VERSION), modality=cfg.modality,
                                  version=DEMO_DATA_VERSION)
@@ -122,8 +151,8 @@ def load_rgbx_splits(cfg: FinetuneConfig) -> RGBXSplits:
                           f"demo v{DEMO_DATA_VERSION}:{root}")
     name = cfg.dataset_name
     splits = []
-    for split, explicit, split_file in (("train", cfg.train_root, cfg.train_split_file),
-                                        ("test", cfg.test_root, cfg.test_split_file)):
+    for split, explicit, split_file, loader in (("train", cfg.train_root, cfg.train_split_file, name),
+                                                ("test", cfg.test_root, cfg.test_split_file, cfg.test_dataset_name)):
         if explicit is not None:
             root = Path(explicit).expanduser()
         elif cfg.data_root is None:
@@ -135,7 +164,7 @@ def load_rgbx_splits(cfg: FinetuneConfig) -> RGBXSplits:
         else:
             root = resolve_split_root(cfg.data_root, split)
         kwargs = {"split_file": split_file} if split_file is not None else {}
-        splits.append(load_dataset(name, root, **kwargs))
+        splits.append(load_dataset(loader, root, **kwargs))
     if cfg.val_root is not None:
         val = load_dataset(name, Path(cfg.val_root).expanduser())
     else:

@@ -46,7 +46,7 @@ from .common import (
 )
 from .config import DEMO_JITTER, OSTRACK_JITTER, FinetuneConfig
 from .data import RGBXSplits, demo_rgb_split, load_rgb_split, load_rgbx_splits, make_loader, truncate_sequence
-from .evaluate import evaluate_tracker, jsonable, scalars
+from .evaluate import Processes, evaluate_tracker, jsonable, scalars
 from .methods import SRFT_METHODS, build_finetune_model, method_srft_config, prior_scope_fields, tracker_of, uniform_prior
 from .pretrain import load_pretrained_rgb
 
@@ -108,13 +108,16 @@ def clip_gradients(accelerator: Any, srft: SRFTModel | None, params: list[nn.Par
 @dataclass
 class Validation:
     """Validation during training: the curve of the validation metrics and, with ``keep_best``, the weights of the
-    best validation SR (first best on ties). State in ``folder``: ``validation.json`` and, with ``keep_best``,
-    ``best_model/`` (so a resumed run keeps them)."""
+    best validation SR (first best on ties). Every process calls it at the same steps: the sequences are spread over
+    ``processes`` (:func:`~.evaluate.evaluate_tracker`), every process gets the same summary and keeps the same state,
+    and the main process writes it to ``folder``: ``validation.json`` and, with ``keep_best``, ``best_model/`` (so a
+    resumed run keeps them); the boxes of the last pass go to ``folder/validation_results``."""
 
     sequences: list[Sequence]
     device: Any
     folder: Path
     keep_best: bool = False
+    processes: Processes = field(default_factory=Processes)
     history: list[dict[str, float]] = field(default_factory=list)
     best_step: int | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -125,16 +128,20 @@ class Validation:
 
     def __call__(self, model: OSTrackRGBX, step: int) -> dict[str, float]:
         """Evaluate ``model`` (left in eval mode) at ``step``; record it, and its weights if it is the best."""
-        summary = evaluate_tracker(model, self.sequences, None, self.device, progress=False)
+        summary = evaluate_tracker(model, self.sequences, self.folder / "validation_results", self.device,
+                                   progress=False, processes=self.processes)
         entry = {"step": step, **{k: v for k, v in scalars(summary).items() if k != "fps"}}
+        main = self.processes.is_main
         if self.keep_best and entry["SR"] > self.best_sr:
             self.best_step = step
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            save_tracker(model, self.folder / "best_model")
+            if main:
+                save_tracker(model, self.folder / "best_model")
         self.history.append(entry)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "validation.json").write_text(json.dumps(
-            {"history": self.history, "best_step": self.best_step}, indent=2) + "\n")
+        if main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / "validation.json").write_text(json.dumps(
+                {"history": self.history, "best_step": self.best_step}, indent=2) + "\n")
         return entry
 
     def restore(self, step: int) -> None:
@@ -163,6 +170,7 @@ class _Run:
     demo_tracker: bool
     jitter: dict[str, float]
     pretrained_desc: str
+    processes: Processes = field(default_factory=Processes)
 
     @property
     def show(self) -> bool:
@@ -280,48 +288,55 @@ def _validation(run: _Run) -> Validation | None:
     if cfg.eval_every == 0:
         return None
     seqs = [truncate_sequence(s, cfg.eval_frames) for s in run.splits.val[: cfg.val_sequences]]
-    return Validation(seqs, run.device, run.output_dir, keep_best=cfg.early_stopping)
+    return Validation(seqs, run.device, run.output_dir, keep_best=cfg.early_stopping, processes=run.processes)
 
 
 def _evaluate_all(run: _Run, final: OSTrackRGBX, results: dict[str, Any]) -> dict[str, Any]:
-    """Test (and retention) evaluation of the fine-tuned model and of the start, with per-sequence scores."""
+    """Test (and retention) evaluation of the fine-tuned model and of the start, with per-sequence scores. Every
+    process takes part (its share of the sequences of each evaluation); the main process draws the plots."""
     cfg, out, device, show = run.cfg, run.output_dir, run.device, run.show
+    main = run.accelerator.is_main_process
+
+    def evaluate(model: OSTrackRGBX, seqs: list[Sequence], name: str, rgb_input: bool = False) -> dict[str, Any]:
+        return evaluate_tracker(model, seqs, out / "tracking_results" / name, device, show, rgb_input=rgb_input,
+                                processes=run.processes)
+
+    def plots(summaries: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        return plot_summaries(summaries, out / "plots", prefix=prefix) if main else {}
+
     eval_seqs = [truncate_sequence(s, cfg.eval_frames) for s in run.splits.test[: cfg.eval_sequences]]
-    results["dataset"] = eval_seqs[0].dataset if eval_seqs else cfg.dataset_name
-    summary = evaluate_tracker(final, eval_seqs, out / "tracking_results" / cfg.method, device, show)
+    results["dataset"] = eval_seqs[0].dataset if eval_seqs else cfg.test_dataset_name
+    summary = evaluate(final, eval_seqs, cfg.method)
     results["metrics"] = scalars(summary)
     per_sequence = {"test": summary["per_sequence"]}
     summaries = {cfg.method: summary}
     start = OSTrackRGBX.from_rgb(run.rgb_model, "dual_stream", fusion_init=cfg.fusion_init) \
         if cfg.evaluate_baseline else None
     if start is not None:
-        base = evaluate_tracker(start, eval_seqs, out / "tracking_results" / "start", device, show)
+        base = evaluate(start, eval_seqs, "start")
         results["baseline"] = f"converted dual-stream model at step 0 (fusion_init={cfg.fusion_init!r}), [rgb, X] input"
         results["baseline_metrics"] = scalars(base)
         per_sequence["start_test"] = base["per_sequence"]
         summaries["start (step 0)"] = base
     if cfg.evaluate_rgb_tracker:
-        rgb = evaluate_tracker(run.rgb_model, eval_seqs, out / "tracking_results" / "rgb_tracker", device, show)
+        rgb = evaluate(run.rgb_model, eval_seqs, "rgb_tracker")
         results["rgb_tracker_metrics"] = scalars(rgb)
         summaries["RGB tracker (RGB channels)"] = rgb
-    results["plots"] = {k: str(v) for k, v in plot_summaries(summaries, out / "plots").items()}
+    results["plots"] = {k: str(v) for k, v in plots(summaries).items()}
     if cfg.evaluate_rgb:
         rgb_test = rgb_sequences(cfg, "test", run.demo_tracker, run.splits.test)
         rgb_test = [truncate_sequence(s, cfg.eval_frames) for s in rgb_test[: cfg.eval_sequences]]
-        rgb_ft = evaluate_tracker(final, rgb_test, out / "tracking_results" / f"{cfg.method}_rgb", device, show,
-                                  rgb_input=True)
+        rgb_ft = evaluate(final, rgb_test, f"{cfg.method}_rgb", rgb_input=True)
         results["rgb_metrics"] = scalars(rgb_ft)
         results["rgb_summary"] = rgb_ft
         per_sequence["retention"] = rgb_ft["per_sequence"]
         rgb_summaries = {f"{cfg.method} ([rgb, rgb])": rgb_ft}
         if start is not None:
-            rgb_base = evaluate_tracker(start, rgb_test, out / "tracking_results" / "start_rgb", device, show,
-                                        rgb_input=True)
+            rgb_base = evaluate(start, rgb_test, "start_rgb", rgb_input=True)
             results["baseline_rgb_metrics"] = scalars(rgb_base)
             per_sequence["start_retention"] = rgb_base["per_sequence"]
             rgb_summaries["start (step 0)"] = rgb_base
-        plots = plot_summaries(rgb_summaries, out / "plots", prefix="rgb_")
-        results["plots"].update({f"rgb_{k}": str(v) for k, v in plots.items()})
+        results["plots"].update({f"rgb_{k}": str(v) for k, v in plots(rgb_summaries, "rgb_").items()})
     results["summary"] = summary
     results["per_sequence"] = per_sequence
     return results
@@ -334,7 +349,7 @@ def _load_inputs(cfg: FinetuneConfig, output_dir: Path, accelerator: Any) -> _Ru
     if cfg.eval_every and not splits.val:
         if cfg.early_stopping:
             raise ValueError(f"early_stopping needs validation sequences: no val split under {splits.description} "
-                             "(give --val-root)")
+                             "(give --val-root or --val-from-train)")
         warnings.warn(f"eval_every={cfg.eval_every}: no validation split under {splits.description}; validation "
                       "is off", stacklevel=3)
         cfg = dataclasses.replace(cfg, eval_every=0)
@@ -358,9 +373,11 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     prior estimated or loaded, then saved to ``output_dir/prior``) -> ``accelerator.prepare`` ->
     ``srft.attach(optimizer, steps)`` -> optional ``accelerator.load_state`` (``resume``) -> training loop
     (``accumulate``, ``backward``, :func:`clip_gradients` in ``clip_order``, cosine LR, ``log``, validation every
-    ``eval_every`` steps, ``save_state`` when :class:`~.checkpoints.CheckpointRule` says so) -> on the main process:
-    the best-validation weights with ``early_stopping``, ``save_tracker`` to ``output_dir/model``, one-pass
-    evaluation on the test sequences (and of the start, and on RGB with ``evaluate_rgb``), plots and ``results.json``.
+    ``eval_every`` steps, ``save_state`` when :class:`~.checkpoints.CheckpointRule` says so) -> the best-validation
+    weights with ``early_stopping``, ``save_tracker`` to ``output_dir/model`` (main process), one-pass evaluation on
+    the test sequences (and of the start, and on RGB with ``evaluate_rgb``) spread over every process, plots and
+    ``results.json`` (main process). Validation, too, is spread over every process, so all of them reach every
+    collective (:class:`~.evaluate.Processes`).
 
     Args:
         config: the run; ``overrides`` replace its fields.
@@ -380,10 +397,12 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     cfg = dataclasses.replace(config or FinetuneConfig(), **overrides)
     output_dir = Path(cfg.output_dir).expanduser()  # created once the inputs below have been read and checked
     accelerator = accelerator if accelerator is not None else make_accelerator(cfg, output_dir)
+    processes = Processes.from_accelerator(accelerator)  # evaluations spread over every process
     configure_threads(cfg.num_threads, accelerator.device)
     set_seed(cfg.seed)
     resume = resume_point(cfg, output_dir)
     run = _load_inputs(cfg, output_dir, accelerator)
+    run.processes = processes
     cfg, main, show, device = run.cfg, accelerator.is_main_process, run.show, run.device
     tcfg = run.rgb_model.config
 
@@ -434,9 +453,11 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
         hparams = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("finetune", config=hparams)
 
-    validation = _validation(run) if main else None
+    validation = _validation(run)  # on every process: each validates its share of the sequences
     if validation is not None and start_step:
         validation.restore(start_step)
+    if main and cfg.val_from_train:
+        (output_dir / "val_sequences.txt").write_text("".join(f"{s.name}\n" for s in run.splits.val))
 
     def validate(step: int) -> None:
         if validation is not None and not any(e["step"] == step for e in validation.history):
@@ -500,17 +521,16 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
-    if not main:
-        return {}
-    # --- save and evaluate (main process) -----------------------------------------------------------------------------
+    # --- save (main process) and evaluate (every process, each its share of the sequences) -----------------------------
     final = tracker_of(accelerator.unwrap_model(model))
     final_step = step
     if validation is not None and validation.best_state is not None:
-        final.load_state_dict(validation.best_state)
+        final.load_state_dict(validation.best_state)  # every process holds the same best weights
         final_step = validation.best_step
-    save_tracker(final, output_dir / "model")
-    if cfg.method == "lora":
-        accelerator.unwrap_model(model).save_pretrained(str(output_dir / "adapter"))  # the last step's adapter
+    if main:
+        save_tracker(final, output_dir / "model")
+        if cfg.method == "lora":
+            accelerator.unwrap_model(model).save_pretrained(str(output_dir / "adapter"))  # the last step's adapter
     lr_factors = [_lr_lambda(cfg)(t) for t in range(cfg.steps)]
     results: dict[str, Any] = {
         "method": cfg.method,
@@ -524,7 +544,8 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
         "final_step": final_step,
         "validation": None if validation is None else {"history": validation.history,
                                                         "best_step": validation.best_step,
-                                                        "sequences": len(validation.sequences)},
+                                                        "sequences": len(validation.sequences),
+                                                        "from_train": cfg.val_from_train},
         "num_processes": procs,
         "train_time_s": train_time,
         "final_loss": last_loss,
@@ -533,5 +554,7 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
         "recipe": cfg.recipe,
     }
     results = jsonable(_evaluate_all(run, final, results))
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    if main:
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    processes.barrier()  # every process returns once results.json is written
+    return results if main else {}
