@@ -1,10 +1,11 @@
 """Crash-safe writes into a folder: temporary files, renames, and the clean-up of what a killed writer left behind.
 
-A file is written under a hidden temporary name (``.srft-tmp-<pid>-<hex>...``), flushed to disk and renamed over its
-final name (``os.replace`` is atomic), so a reader sees the old file or the new one, never half of one. A folder that
-does not exist yet is filled as a hidden temporary folder beside it (``.<name>.srft-tmp-<pid>-<hex>``) and renamed
-into place. A process killed mid-write leaves its temporary files behind; :func:`remove_stale` deletes those whose
-writer is no longer running (the process id is in the name), and readers never look at them.
+A file is written into a hidden temporary folder (``.srft-tmp-<pid>-<hex>``; whatever the writing library creates beside
+its output stays in there), flushed to disk and renamed over its final name (``os.replace`` is atomic), so a reader sees
+the old file or the new one, never half of one. A folder that does not exist yet is filled as a hidden temporary folder
+beside it (``.<name>.srft-tmp-<pid>-<hex>``) and renamed into place. A process killed mid-write leaves its temporary
+files behind; :func:`remove_stale` deletes those whose writer is no longer running (the process id is in the name), and
+readers never look at them.
 
 Example:
     >>> import tempfile
@@ -49,15 +50,18 @@ def write_file(folder: Path, name: Union[str, Callable[[Path], str]], write: Cal
     """``write(path)`` a temporary file in ``folder``, flush it and rename it to ``folder / name``; returns that path.
     ``name`` may be a function of the written file (a name from its content). On an ``Exception`` the temporary file
     is removed and ``folder / name`` is as it was."""
-    tmp = folder / temp_name()
+    private = folder / temp_name()  # a writer's own temporary folder: what ``write`` leaves there (safetensors writes
+    private.mkdir()                  # through a temporary file of its own) is removed with it after a crash
+    tmp = private / "file"
     try:
         write(tmp)
         fsync_path(tmp)
         final = folder / (name if isinstance(name, str) else name(tmp))
         os.replace(tmp, final)
     except Exception:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(private, ignore_errors=True)
         raise
+    private.rmdir()
     return final
 
 
