@@ -89,8 +89,18 @@ def evaluate_model(args: argparse.Namespace, accelerator: Any = None) -> dict[st
         raise FileNotFoundError(f"--model {model_dir}: not a tracker folder (no config.json; write one with "
                                 "save_tracker, e.g. a fine-tune's output_dir/model)")
     seqs, root = _sequences(args)  # checked before any process group is made
-    accelerator = accelerator if accelerator is not None else Accelerator(cpu=cpu_distributed())
+    own_accelerator = accelerator is None
+    accelerator = Accelerator(cpu=cpu_distributed()) if own_accelerator else accelerator
     processes = Processes.from_accelerator(accelerator)
+    results = _evaluate_on(args, model_dir, seqs, root, accelerator, processes)
+    processes.close()  # every process returns once results.json is written
+    if own_accelerator:
+        accelerator.end_training()  # destroys the process group this command made
+    return results
+
+
+def _evaluate_on(args: argparse.Namespace, model_dir: Path, seqs: list[Any], root: Path, accelerator: Any,
+                 processes: Processes) -> dict[str, Any]:
     configure_threads(args.num_threads, accelerator.device)
     model = load_tracker(model_dir, device=accelerator.device)
     name = args.name or model_dir.name
@@ -105,7 +115,6 @@ def evaluate_model(args: argparse.Namespace, accelerator: Any = None) -> dict[st
                             "rgb_input": args.rgb_input, "metrics": scalars(summary),
                             "per_sequence": summary["per_sequence"], "summary": summary})
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    processes.barrier()
     return results
 
 

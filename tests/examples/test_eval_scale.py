@@ -17,7 +17,7 @@ from srft_peft.tracking.demo_data import make_demo_dataset
 from srft_peft.tracking.evaluate import main as evaluate_main
 from srft_peft.tracking.train import FinetuneConfig, finetune_rgbx
 from srft_peft.tracking.train.data import load_rgbx_splits, split_off_validation, truncate_sequence
-from srft_peft.tracking.train.evaluate import evaluate_tracker, shard_sequences
+from srft_peft.tracking.train.evaluate import Processes, evaluate_tracker, shard_sequences
 
 from .conftest import REPO
 
@@ -39,6 +39,16 @@ def test_shards_cover_every_sequence_once_and_balance_frames():
     assert shard_sequences(seqs, 1, 0) == seqs and shard_sequences(seqs[:1], 2, 1) == []
     with pytest.raises(ValueError, match="shard index"):
         shard_sequences(seqs, 2, 2)
+
+
+def test_processes_without_a_group_refuse_to_exchange():
+    """A closed (or hand-made) group of several processes has nothing to exchange on: a clear error, not a collective
+    on the training's default group. The single process needs no group and closing it changes nothing."""
+    one = Processes()
+    one.close()
+    assert one.all_gather("x") == ["x"] and one.is_main
+    with pytest.raises(RuntimeError, match="rank 1 of 2 has no evaluation group"):
+        Processes(rank=1, world_size=2).all_gather("x")
 
 
 def test_validation_taken_out_of_the_training_set_is_deterministic():

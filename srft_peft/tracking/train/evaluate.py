@@ -117,6 +117,9 @@ class Processes:
         """``value`` of every process, in rank order (a collective: every process must call it)."""
         if self.world_size == 1:
             return [value]
+        if self.group is None:
+            raise RuntimeError(f"Processes: rank {self.rank} of {self.world_size} has no evaluation group (closed, or "
+                               "not made with Processes.from_accelerator)")
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world_size
@@ -126,6 +129,18 @@ class Processes:
     def barrier(self) -> None:
         """Wait for every process (on the evaluation group, so with its long timeout)."""
         self.all_gather(None)
+
+    def close(self) -> None:
+        """Wait for every process, then destroy the evaluation group (before the training's process group, which
+        ``accelerator.end_training()`` destroys): a gloo group left to the interpreter's exit can abort the process
+        ("terminate called without an active exception"). The single process has nothing to close."""
+        if self.group is None:
+            return
+        import torch.distributed as dist
+
+        self.barrier()
+        dist.destroy_process_group(self.group)
+        self.group = None
 
 
 def evaluate_tracker(model: OSTrackRGBX, seqs: list[Sequence], results_dir: Path | None, device: Any,

@@ -519,7 +519,6 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     bar.close()
     train_time = time.perf_counter() - tic
     accelerator.wait_for_everyone()
-    accelerator.end_training()
 
     # --- save (main process) and evaluate (every process, each its share of the sequences) -----------------------------
     final = tracker_of(accelerator.unwrap_model(model))
@@ -556,5 +555,6 @@ def finetune_rgbx(config: FinetuneConfig | None = None, accelerator: Any = None,
     results = jsonable(_evaluate_all(run, final, results))
     if main:
         (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    processes.barrier()  # every process returns once results.json is written
+    processes.close()  # every process returns once results.json is written
+    accelerator.end_training()  # the trackers, then the training's process group
     return results if main else {}
