@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file
 
 from benchmarks import transfer
+from benchmarks.compare import bootstrap_means
 from srft_peft.checkpoint import CONFIG_NAME, significance_path, write_checkpoint
 
 VARIANTS = ("global", "per-tensor", "bounded")
@@ -72,14 +73,6 @@ def write_variant(source: Path, target: Path, variant: str, bound: float) -> Pat
     return target
 
 
-def paired_interval(diffs: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap 95 % interval of the mean of paired differences (resampling the cells)."""
-    rng = np.random.default_rng(seed)
-    d = np.asarray(diffs, dtype=np.float64)
-    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
 def report(records: dict[tuple[str, int, str], dict], modalities: list[str], seeds: list[int]) -> tuple[str, dict]:
     """Markdown table (target-val SR / RGB-val SR / score per cell and variant) and the verdict per candidate."""
     score = {key: 100 * transfer.selection_score(r) for key, r in records.items()}
@@ -94,7 +87,8 @@ def report(records: dict[tuple[str, int, str], dict], modalities: list[str], see
     lines.append("")
     for v in VARIANTS[1:]:
         diffs = [score[m, s, v] - score[m, s, "global"] for m in modalities for s in seeds]
-        low, high = paired_interval(diffs)
+        means = bootstrap_means(np.asarray(diffs)[None])  # one row: the cells resampled with replacement
+        low, high = (float(q) for q in np.quantile(means, [0.025, 0.975]))
         per_modality = {m: float(np.mean([score[m, s, v] - score[m, s, "global"] for s in seeds])) for m in modalities}
         adopt = low > 0
         verdict[v] = {"mean_difference": float(np.mean(diffs)), "interval": [low, high], "per_modality": per_modality,

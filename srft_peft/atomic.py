@@ -50,8 +50,10 @@ def write_file(folder: Path, name: Union[str, Callable[[Path], str]], write: Cal
     """``write(path)`` a temporary file in ``folder``, flush it and rename it to ``folder / name``; returns that path.
     ``name`` may be a function of the written file (a name from its content). On an ``Exception`` the temporary file
     is removed and ``folder / name`` is as it was."""
-    private = folder / temp_name()  # a writer's own temporary folder: what ``write`` leaves there (safetensors writes
-    private.mkdir()                  # through a temporary file of its own) is removed with it after a crash
+    # The writer's own temporary folder: whatever ``write`` leaves in it (safetensors writes through a temporary file
+    # of its own) goes with the folder, here or, after a crash, in remove_stale.
+    private = folder / temp_name()
+    private.mkdir()
     tmp = private / "file"
     try:
         write(tmp)

@@ -92,15 +92,6 @@ def evaluate_model(args: argparse.Namespace, accelerator: Any = None) -> dict[st
     own_accelerator = accelerator is None
     accelerator = Accelerator(cpu=cpu_distributed()) if own_accelerator else accelerator
     processes = Processes.from_accelerator(accelerator)
-    results = _evaluate_on(args, model_dir, seqs, root, accelerator, processes)
-    processes.close()  # every process returns once results.json is written
-    if own_accelerator:
-        accelerator.end_training()  # destroys the process group this command made
-    return results
-
-
-def _evaluate_on(args: argparse.Namespace, model_dir: Path, seqs: list[Any], root: Path, accelerator: Any,
-                 processes: Processes) -> dict[str, Any]:
     configure_threads(args.num_threads, accelerator.device)
     model = load_tracker(model_dir, device=accelerator.device)
     name = args.name or model_dir.name
@@ -115,6 +106,9 @@ def _evaluate_on(args: argparse.Namespace, model_dir: Path, seqs: list[Any], roo
                             "rgb_input": args.rgb_input, "metrics": scalars(summary),
                             "per_sequence": summary["per_sequence"], "summary": summary})
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    processes.close()  # every process returns once results.json is written
+    if own_accelerator:
+        accelerator.end_training()  # destroys the process group this command made
     return results
 
 
