@@ -166,7 +166,7 @@ def test_a_live_writers_temporary_files_are_kept(tmp_path: Path) -> None:
 
 
 ZYGOTE = """
-import itertools, os, sys
+import itertools, os, sys, time
 import torch
 torch.set_num_threads(1)
 sys.path[:0] = [{repo!r}, {tests!r}]
@@ -176,8 +176,10 @@ folder, refs = sys.argv[1], sys.argv[2]
 a = make_srft("kfac", width=32, lambda_prior=1.0)
 b = make_srft("kfac", width=32, data_seed=5, lambda_prior=2.0, train_steps=1)
 a.save_pretrained(refs + "/a"); b.save_pretrained(refs + "/b", include_transfer_state=True)
-a.save_pretrained(folder)
-print("ready", flush=True)
+t0 = time.perf_counter()
+b.save_pretrained(folder, include_transfer_state=True)
+a.save_pretrained(folder)  # the folder starts as "a"; one save's time on this machine, for the kills' delays
+print("ready", (time.perf_counter() - t0) / 2, flush=True)
 for line in sys.stdin:  # "fork": a new process that rewrites the folder until it is killed; "reap <pid>"
     if line.strip() == "fork":
         pid = os.fork()
@@ -199,20 +201,23 @@ for line in sys.stdin:  # "fork": a new process that rewrites the folder until i
 def test_sigkill_during_saves_leaves_a_loadable_folder(tmp_path: Path) -> None:
     """30 processes, each forked from one that imported everything once (so a kill costs milliseconds, not an
     interpreter start), rewrite one folder alternating two checkpoints and are killed with SIGKILL after a random
-    (seeded) delay; after each kill the folder loads as exactly one of the two."""
+    (seeded) delay of up to three saves' time, measured first; after each kill the folder loads as exactly one of the
+    two."""
     script = tmp_path / "saver.py"
     script.write_text(ZYGOTE.format(repo=str(TESTS.parent), tests=str(TESTS)))
     folder, refs, rng, seen = tmp_path / "ckpt", tmp_path / "refs", random.Random(0), []
     zygote = subprocess.Popen([sys.executable, str(script), str(folder), str(refs)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
-        assert zygote.stdout.readline().strip() == "ready"
+        ready, save_seconds = zygote.stdout.readline().split()
+        assert ready == "ready"
         expected = {"a": fingerprint_of(refs / "a"), "b": fingerprint_of(refs / "b")}
         for _ in range(30):
             zygote.stdin.write("fork\n")
             zygote.stdin.flush()
             pid = int(zygote.stdout.readline())
-            time.sleep(rng.uniform(0.0, 0.05))
+            # up to three saves' time (b, a, b): kills land before, between and after both checkpoints' commits
+            time.sleep(rng.uniform(0.0, 3 * float(save_seconds)))
             os.kill(pid, signal.SIGKILL)
             zygote.stdin.write(f"reap {pid}\n")
             zygote.stdin.flush()
