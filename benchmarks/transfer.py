@@ -319,14 +319,17 @@ def prior_key(run: Run) -> str | None:
 
 def run_one(run: Run, out: Path, evaluate_baseline: bool, prior_from: Run | None = None) -> dict:
     """Fine-tune and evaluate one run (or reuse its bench.json); ``prior_from``: a finished run whose saved prior
-    this one loads instead of estimating it again."""
+    this one loads instead of estimating it again (estimated here when that run's folder holds no prior)."""
     folder = out / "runs" / run.folder
     cached = folder / "bench.json"
     if cached.exists():
         record = json.loads(cached.read_text())
         if record.get("settings") == run.settings and (record.get("start_target") or not evaluate_baseline):
             return record
-    prior = str(out / "runs" / prior_from.folder / "prior") if prior_from is not None else None
+    shared = out / "runs" / prior_from.folder / "prior" if prior_from is not None else None
+    # a provider reused from its bench.json alone (run records restored without their folders, see
+    # benchmarks/records/README.md) left no prior: estimate it here, the same prior (same seed and estimation fields)
+    prior = str(shared) if shared is not None and shared.is_dir() else None
     cfg = FinetuneConfig(method=library_method(run.method), modality=run.modality, seed=run.seed,
                          output_dir=str(folder), evaluate_rgb=True, evaluate_baseline=evaluate_baseline,
                          report_to=None, save_every=0, progress=False, num_threads=1,

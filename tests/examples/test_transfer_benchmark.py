@@ -120,6 +120,28 @@ def test_plan_and_prior_sharing(tiny_data, tmp_path):
     assert transfer.library_method(early.method) == "full"
 
 
+def test_dependent_run_estimates_the_prior_when_the_provider_folder_has_none(tiny_data, tmp_path, monkeypatch):
+    """Run records restored without their folders (benchmarks/records/): a run whose prior provider is reused from
+    its bench.json alone estimates the prior itself instead of loading a missing folder; with the folder it loads."""
+    args = transfer.parse_args(quick_args(tiny_data, tmp_path, "--methods", "srft", "--protocol", "v3"))
+    data = transfer.Data({"rgbt": tmp_path / "v2_rgbt"}, tmp_path / "v2_rgb", tmp_path / "view")
+    provider, dependent = [r for r in transfer.plan_tune(args, data) if r.method == "srft"][:2]
+    assert transfer.prior_key(provider) == transfer.prior_key(dependent) is not None
+    seen: list = []
+
+    def finetune(cfg):
+        seen.append(cfg.prior)
+        raise RuntimeError("stop after the config")
+
+    monkeypatch.setattr(transfer, "finetune_rgbx", finetune)
+    for make_folder in (False, True):
+        if make_folder:
+            (tmp_path / "runs" / provider.folder / "prior").mkdir(parents=True)
+        with pytest.raises(RuntimeError, match="stop after the config"):
+            transfer.run_one(dependent, tmp_path, evaluate_baseline=False, prior_from=provider)
+    assert seen == [None, str(tmp_path / "runs" / provider.folder / "prior")]
+
+
 def test_variant_settings_and_protocol_flags(tiny_data, tmp_path):
     args = transfer.parse_args(quick_args(tiny_data, tmp_path, "--protocol", "v3"))
     assert args.seeds == [0] and args.methods == ["srft", "full", "lora"]  # --quick's
