@@ -1,7 +1,8 @@
 """The ``srft-peft`` command line.
 
-``srft-peft inspect DIR_OR_REPO [--revision R] [--plot out.png] [--lr LR [--lambda-prior L]]`` prints what a
-significance checkpoint holds (a header and a per-parameter table) straight from its files, without the model;
+``srft-peft inspect DIR_OR_REPO [--revision R] [--plot out.png] [--lr LR [--lambda-prior L] [--omega-max W]]``
+prints what a significance checkpoint holds (a header and a per-parameter table) straight from its files, without the
+model;
 ``--plot`` draws it (heat maps of blocks x parameter roles, retained eigen-spectra: see :mod:`srft_peft.plots`);
 ``--lr`` adds the share of the drift that the decoupled and proximal prior remove per step along each direction,
 eta lambda_p omega and eta lambda_p omega / (1 + eta lambda_p omega), at kappa = 1.
@@ -96,14 +97,20 @@ def _share_columns(share: Any) -> dict[str, float]:
             "proximal_median": float(prox.median()), "proximal_max": float(prox.max())}
 
 
-def print_shares(checkpoint: SignificanceCheckpoint, lr: float, lambda_prior: Optional[float]) -> None:
+def print_shares(checkpoint: SignificanceCheckpoint, lr: float, lambda_prior: Optional[float],
+                 omega_max: Optional[float] = None) -> None:
     lam = checkpoint.config.lambda_prior if lambda_prior is None else lambda_prior
     for name, value in (("--lr", lr), ("--lambda-prior", lam)):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
-    rows, total = shrink_shares(checkpoint.prior, lr, lam)
+    clip = checkpoint.config.omega_max if omega_max is None else omega_max
+    if clip is not None and not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"--omega-max must be a finite positive number, got {clip!r}")
+    rows, total = shrink_shares(checkpoint.prior.clipped(clip), lr, lam)
     over = sum(1 for r in rows if r["decoupled_max"] > 1.0)
-    print(f"\nshare of the drift along a direction removed per step at lr={lr:g}, lambda_prior={lam:g}, kappa=1\n"
+    clipped = "" if clip is None else f", omega clipped at {clip:g}"
+    print(f"\nshare of the drift along a direction removed per step at lr={lr:g}, lambda_prior={lam:g}, kappa=1"
+          f"{clipped}\n"
           "(decoupled: lr*lambda*omega; proximal: lr*lambda*omega / (1 + lr*lambda*omega)); "
           f"{over} of {len(rows)} parameters have decoupled shares above 1 (overshoot; above 2 diverges)")
     print(ShareTable(rows + [total]))
@@ -116,9 +123,10 @@ def inspect(args: argparse.Namespace) -> int:
     print()
     print(table)
     if args.lr is not None:
-        print_shares(checkpoint, args.lr, args.lambda_prior)
-    elif args.lambda_prior is not None:
-        raise ValueError("--lambda-prior needs --lr (the shares are lr * lambda_prior * omega)")
+        print_shares(checkpoint, args.lr, args.lambda_prior, args.omega_max)
+    elif args.lambda_prior is not None or args.omega_max is not None:
+        flag = "--lambda-prior" if args.lambda_prior is not None else "--omega-max"
+        raise ValueError(f"{flag} needs --lr (the shares are lr * lambda_prior * omega)")
     if args.plot is not None:
         plot_significance(checkpoint.prior, args.plot, f"SRFT prior significance: {args.checkpoint}")
         print(f"\nplot written to {args.plot}")
@@ -140,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "per step at this learning rate (lr * lambda_prior * omega and its proximal form, kappa = 1)")
     p.add_argument("--lambda-prior", type=float, default=None, metavar="L",
                    help="lambda_prior for --lr (default: the checkpoint's config)")
+    p.add_argument("--omega-max", type=float, default=None, metavar="W",
+                   help="omega_max for --lr: curvatures above it clipped, as training clips them (default: the "
+                        "checkpoint's config)")
     p.set_defaults(run=inspect)
     return parser
 

@@ -237,6 +237,17 @@ class SRFTConfig:
         },
     )
 
+    omega_max: Union[float, None] = field(
+        default=None,
+        metadata={
+            "help": "Largest curvature the prior applies: every normalized curvature (K-FAC omega and diagonal Fisher; "
+            "mean 1 over the kept K-FAC directions) above it is clipped to it when the prior is set, in every "
+            "prior_application mode, so that no tensor is pinned far harder than the rest (on the demo tracker the RGB "
+            "patch embedding's omega reaches ~276). The stored significance is not changed. None = no clip (the "
+            "paper's). Validation ablation (docs: Benchmarks, omega's normalizer): 10 helped the demo slightly."
+        },
+    )
+
     monitor_balance: bool = field(
         default=False,
         metadata={
@@ -303,6 +314,8 @@ class SRFTConfig:
             raise ValueError(f"total_steps must be a positive integer or None, got {self.total_steps!r}")
         self._check_range("lambda_prior", 0.0, math.inf)
         self._check_range("lambda_transfer", 0.0, 1.0)
+        if self.omega_max is not None:
+            self._check_range("omega_max", 0.0, math.inf, low_open=True)
 
     # --- validation helpers -----------------------------------------------------------------------------------------
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:

@@ -44,10 +44,21 @@ def test_lambda_defaults_to_the_checkpoint_config(saved: Path, capsys: pytest.Ca
     assert f"lr=0.5, lambda_prior={lam:g}, kappa=1" in capsys.readouterr().out
 
 
+def test_omega_max_clips_the_shares(saved: Path, capsys: pytest.CaptureFixture) -> None:
+    prior = load_significance_checkpoint(saved).prior
+    top = max(float((e.omega if isinstance(e, KFACSignificance) else e.fisher).max()) for e in prior.entries.values())
+    assert main(["inspect", str(saved), "--lr", "0.5", "--lambda-prior", "1", "--omega-max", str(top / 4)]) == 0
+    out = capsys.readouterr().out
+    assert f"omega clipped at {top / 4:g}" in out
+    assert float(table(out)["all"][5]) == pytest.approx(0.5 * top / 4, rel=1e-3)  # the largest decoupled share
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "-1"], "--lr must be a finite non-negative number, got -1.0"),
     (["--lr", "nan"], "--lr must be a finite non-negative number, got nan"),
     (["--lambda-prior", "3"], "--lambda-prior needs --lr"),
+    (["--omega-max", "3"], "--omega-max needs --lr"),
+    (["--lr", "1", "--omega-max", "0"], "--omega-max must be a finite positive number, got 0.0"),
     (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
 ])
 def test_bad_share_arguments_exit_2(saved: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:

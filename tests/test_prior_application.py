@@ -72,10 +72,13 @@ def shift_(net: nn.Module, size: float) -> None:
 
 
 def run_srft(mode: str, steps: int = 5, micro: int = 1, dtype: torch.dtype = torch.float64, monitor: bool = False,
-             shift: float = 0.0, **cfg):
+             shift: float = 0.0, stored_clip: Optional[float] = None, **cfg):
+    """``stored_clip``: train with the estimated prior's curvatures clipped before it is set (as a file would hold)."""
     data = batches(dtype)
     srft = get_srft_model(model(dtype), config(mode, **cfg))
     srft.estimate_prior(data[:2], progress=False)
+    if stored_clip is not None:
+        srft.set_prior(srft.prior.clipped(stored_clip))
     shift_(srft.base_model, shift)
     if monitor:
         srft.monitor()
@@ -91,16 +94,20 @@ def run_srft(mode: str, steps: int = 5, micro: int = 1, dtype: torch.dtype = tor
 
 
 # --- the reference -------------------------------------------------------------------------------------------------
-def curvature(srft) -> dict[str, torch.Tensor]:
+def curvature(srft, omega_max: Optional[float] = None) -> dict[str, torch.Tensor]:
     """F per regularized parameter name as an explicit float64 matrix over the row-major vec: (U kron V) diag(omega)
-    (U kron V)^T for K-FAC weights (vec(U M V^T) = (U kron V) vec(M) row-major), diag(F) for the others."""
+    (U kron V)^T for K-FAC weights (vec(U M V^T) = (U kron V) vec(M) row-major), diag(F) for the others; with
+    ``omega_max`` every curvature is min(omega, omega_max) first."""
     out = {}
     for name, e in srft.prior.entries.items():
+        values = (e.omega if isinstance(e, KFACSignificance) else e.fisher).double().reshape(-1)
+        if omega_max is not None:
+            values = torch.minimum(values, torch.tensor(omega_max, dtype=torch.float64))
         if isinstance(e, KFACSignificance):
             K = torch.kron(e.U.double(), e.V.double())
-            out[name] = K @ torch.diag(e.omega.double().reshape(-1)) @ K.T
+            out[name] = K @ torch.diag(values) @ K.T
         else:
-            out[name] = torch.diag(e.fisher.double().reshape(-1))
+            out[name] = torch.diag(values)
     return out
 
 
@@ -112,7 +119,8 @@ def damping(g: torch.Tensor, cfg: SRFTConfig, gamma: float) -> torch.Tensor:
 
 
 def reference(srft, mode: str, steps: int = 5, micro: int = 1, dtype: torch.dtype = torch.float64,
-              record: Optional[list] = None, prior_first: bool = False, shift: float = 0.0) -> dict[str, torch.Tensor]:
+              record: Optional[list] = None, prior_first: bool = False, shift: float = 0.0,
+              omega_max: Optional[float] = None) -> dict[str, torch.Tensor]:
     """The same training in float64 with plain Adam on the task loss and every formula written out per parameter
     (``prior_first``: the other order, the prior on theta' and the damping on the total step)."""
     cfg, data = srft.srft_config, batches(dtype)
@@ -121,7 +129,7 @@ def reference(srft, mode: str, steps: int = 5, micro: int = 1, dtype: torch.dtyp
     params = dict(net.named_parameters())
     theta0 = {n: params[n].detach().double().reshape(-1).clone() for n in names}
     shift_(net, shift)
-    F = curvature(srft)
+    F = curvature(srft, omega_max)
     opt, sched = optimizer(net)
     lr_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     for step in range(steps):
@@ -197,6 +205,21 @@ def test_mode_then_transfer_damping_order_matches_the_reference(mode):
     assert max_diff(srft, ref) < TOL
     # the other order, the prior first and the damping on the total step, is measurably different
     assert max_diff(srft, reference(srft, mode, prior_first=True)) > 1e2 * TOL
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_omega_max_clips_the_curvature_in_every_mode(mode):
+    """``omega_max``: the same training as the reference whose curvatures are min(omega, omega_max), measurably unlike
+    the unclipped one (the clip at 1, the mean, cuts the steeper half), and the stored prior keeps its values."""
+    srft = run_srft(mode, omega_max=1.0)
+    values = torch.cat([(e.omega if isinstance(e, KFACSignificance) else e.fisher).reshape(-1)
+                        for e in srft.prior.entries.values()])
+    assert float(values.max()) > 2.0  # nothing clipped in what the model keeps (and saves)
+    assert max_diff(srft, reference(srft, mode, omega_max=1.0)) < TOL
+    assert max_diff(srft, reference(srft, mode)) > 1e2 * TOL
+    # the same weights, bit for bit, as the unclipped option on a prior whose values were clipped beforehand
+    stored = run_srft(mode, stored_clip=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(srft.base_model.parameters(), stored.base_model.parameters()))
 
 
 def test_the_three_modes_give_different_weights_under_adam():
@@ -280,6 +303,10 @@ def test_config_errors_name_the_field_and_the_value():
     with pytest.raises(ValueError, match=r"prior_application='proximal' needs apply='grad'.*'gradient' only"):
         SRFTConfig(prior_application="proximal", apply="loss")
     assert SRFTConfig().prior_application == "gradient"
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "10"):
+        with pytest.raises(ValueError, match=r"omega_max must be"):
+            SRFTConfig(omega_max=bad)
+    assert SRFTConfig().omega_max is None and SRFTConfig(omega_max=10).omega_max == 10
 
 
 def test_lora_adapters_refuse_other_modes_naming_the_supported_one():
@@ -304,3 +331,17 @@ def test_add_prior_gradient_does_nothing_outside_gradient_mode():
         opt.step()
     for a, b in zip(with_call.parameters(), without.parameters()):
         assert torch.equal(a, b)
+
+
+def test_omega_max_is_saved_with_the_config_and_the_significance_unclipped(tmp_path):
+    from srft_peft.checkpoint import load_significance_checkpoint
+
+    srft = run_srft("decoupled", steps=1, omega_max=1.0)
+    srft.save_pretrained(tmp_path)
+    saved = load_significance_checkpoint(tmp_path)
+    assert saved.config.omega_max == 1.0
+    for name, e in srft.prior.entries.items():
+        got = saved.prior.entries[name]
+        key = "omega" if isinstance(e, KFACSignificance) else "fisher"
+        assert torch.equal(getattr(got, key), getattr(e, key)), name
+    assert max(float(e.significance_values().max()) for e in saved.prior.entries.values()) > 1.0  # nothing clipped

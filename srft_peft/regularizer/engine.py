@@ -169,13 +169,14 @@ class SRFTEngine:
 
     # --- set-up -----------------------------------------------------------------------------------------------------
     def set_prior(self, prior: PriorSignificance) -> None:
-        """Use ``prior`` from now on, anchored at the current weights; re-lays the flat buffers if needed. A prior that
-        is not normalized (``prior.normalized`` False) is refused, nothing changed."""
+        """Use ``prior`` from now on, anchored at the current weights, its curvatures clipped at ``omega_max`` in the
+        term (``self.prior`` keeps them as given); re-lays the flat buffers if needed. A prior that is not normalized
+        (``prior.normalized`` False) is refused, nothing changed."""
         prior.require_normalized()
         if self.step > 0:
             warnings.warn(f"SRFT: the prior is set after {self.step} optimizer steps; the anchor theta0 becomes the "
                           "current (already fine-tuned) weights", stacklevel=3)
-        term = build_prior_term(self.targets, self.params, self.names, prior)
+        term = build_prior_term(self.targets, self.params, self.names, prior.clipped(self.config.omega_max))
         old_layout, old_v = self.layout, self.v_flat
         self.prior, self.prior_term, self.layout = prior, term, term.layout
         self._workspace = self._cast = None

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -133,6 +134,23 @@ class PriorSignificance:
         if not self.normalized:
             raise ValueError("the prior significance is not normalized (normalized=False); call prior.normalize() "
                              "first, or build it with normalized=True if its scale is meant as it is")
+
+    def clipped(self, omega_max: Optional[float]) -> PriorSignificance:
+        """This prior with every curvature (``omega``, ``fisher``) above ``omega_max`` set to ``omega_max``: a new prior
+        sharing the eigenvectors (``SRFTConfig.omega_max``); ``self`` is unchanged. ``None`` returns ``self``.
+
+        Example:
+            >>> prior = PriorSignificance({"b": DiagonalSignificance("b", torch.tensor([0.5, 30.0]))}, normalized=True)
+            >>> prior.clipped(10.0).entries["b"].fisher.tolist(), prior.entries["b"].fisher.tolist()
+            ([0.5, 10.0], [0.5, 30.0])
+        """
+        if omega_max is None:
+            return self
+        if isinstance(omega_max, bool) or not isinstance(omega_max, (int, float)) or not omega_max > 0:
+            raise ValueError(f"omega_max must be a positive number or None, got {omega_max!r}")
+        entries = {name: dataclasses.replace(e, omega=e.omega.clamp(max=omega_max)) if isinstance(e, KFACSignificance)
+                   else dataclasses.replace(e, fisher=e.fisher.clamp(max=omega_max)) for name, e in self.entries.items()}
+        return dataclasses.replace(self, entries=entries)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat ``{"<param>.<U|V|omega|fisher>": tensor}`` for safetensors."""
