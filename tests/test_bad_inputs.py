@@ -35,7 +35,7 @@ from srft_peft.targeting import select_targets
 from srft_peft.tracking.train import build_parser, config_from_args
 
 INF, NAN = float("inf"), float("nan")
-#: Every float field of SRFTConfig (prior_energy may also be None).
+#: Every float field of SRFTConfig (prior_energy and omega_max may also be None).
 FLOAT_FIELDS = [f.name for f in dataclasses.fields(SRFTConfig) if f.type in ("float", "Union[float, None]")]
 
 
@@ -52,7 +52,7 @@ def raises_naming(error: type[Exception], *needles: str) -> Any:
 
 # --- 10: non-finite values, in every float field and through every door -------------------------------------------
 def test_every_float_field_is_covered() -> None:
-    assert len(FLOAT_FIELDS) == 13 and {"damping", "lambda_prior", "prior_energy"} <= set(FLOAT_FIELDS)
+    assert len(FLOAT_FIELDS) == 14 and {"damping", "lambda_prior", "prior_energy", "omega_max"} <= set(FLOAT_FIELDS)
 
 
 @pytest.mark.parametrize("field", FLOAT_FIELDS)
