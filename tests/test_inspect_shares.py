@@ -46,7 +46,7 @@ def test_lambda_defaults_to_the_checkpoint_config(saved: Path, capsys: pytest.Ca
 
 def test_omega_max_clips_the_shares(saved: Path, capsys: pytest.CaptureFixture) -> None:
     prior = load_significance_checkpoint(saved).prior
-    top = max(float((e.omega if isinstance(e, KFACSignificance) else e.fisher).max()) for e in prior.entries.values())
+    top = max(float(e.significance_values().max()) for e in prior.entries.values())
     assert main(["inspect", str(saved), "--lr", "0.5", "--lambda-prior", "1", "--omega-max", str(top / 4)]) == 0
     out = capsys.readouterr().out
     assert f"omega clipped at {top / 4:g}" in out
